@@ -1,0 +1,175 @@
+"""Generation throughput and memory: `selfcorrect generate` vs a bare vLLM call vs HF `generate`.
+
+    python benchmarks/bench_generate.py [--prompts 32] [--n 4] [--max-tokens 64] [--out runs/bench]
+
+All three get the same prompts (built-in arithmetic, chat template applied), the same n, the same
+max_tokens and temperature. The bare vLLM call uses the same per-prompt seeds as the stage, so both
+produce the same tokens; the comparison is pure overhead. Throughput counts generated tokens
+(up to EOS) over generation time, engine start excluded in both vLLM cases (the stage's Ray Data
+and write time stay in). Peak memory is the summed PSS of the `selfcorrect generate` process
+tree (driver, Ray, actors, engine), sampled every 0.2 s, at 1x and 10x the prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def stage_args(run_dir: Path, prompts: int, n: int, max_tokens: int) -> list[str]:
+    return [
+        "configs/quickstart.yaml",
+        f"run_dir={run_dir}",
+        f"prompts.limit={prompts}",
+        "generate.mode=single",
+        f"generate.n={n}",
+        f"generate.max_tokens={max_tokens}",
+        "generate.temperature=1.0",
+        f"generate.shard_size={max(prompts // 2, 1)}",
+        "ray.include_dashboard=false",
+    ]
+
+
+def tree_pss(pid: int) -> int:
+    import psutil
+
+    total = 0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+def run_stage(run_dir: Path, prompts: int, n: int, max_tokens: int) -> dict:
+    cmd = [sys.executable, "-m", "cluster.cli", "generate", *stage_args(run_dir, prompts, n, max_tokens), "--overwrite"]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_pss(proc.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"selfcorrect generate failed:\n{err[-3000:]}")
+    summary = json.loads((run_dir / "generate" / "_SUCCESS.json").read_text())
+    gen_seconds = summary["wall_seconds_this_run"] - summary["engine_startup_seconds"]
+    return {
+        "cli_wall_s": time.perf_counter() - started,
+        "tokens": summary["generated_tokens"],
+        "engine_startup_s": summary["engine_startup_seconds"],
+        "stage_seconds_excl_startup": gen_seconds,
+        "tokens_per_s": summary["generated_tokens"] / gen_seconds,
+        "peak_pss_gib": peak[0] / 2**30,
+    }
+
+
+def load_plan(prompts: int, n: int, max_tokens: int):
+    from cluster.config import load_config
+    from datagen.generate import plan_generate
+
+    cfg = load_config(ROOT / "configs/quickstart.yaml", stage_args(Path("/unused"), prompts, n, max_tokens)[1:])
+    return cfg, plan_generate(cfg.prompts, cfg.generate, cfg.model, cfg.model_cache, cfg.seed)
+
+
+def bare_vllm(prompts: int, n: int, max_tokens: int) -> dict:
+    from vllm import LLM, SamplingParams
+
+    from datagen.engine import engine_kwargs
+    from datagen.turns import derive_seed
+
+    cfg, plan = load_plan(prompts, n, max_tokens)
+    t0 = time.perf_counter()
+    llm = LLM(**engine_kwargs(cfg.generate.engine, plan.model_path, cfg.seed))
+    startup = time.perf_counter() - t0
+    tok = llm.get_tokenizer()
+    inputs, params = [], []
+    for p in plan.prompts:
+        text = tok.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True)
+        inputs.append({"prompt_token_ids": tok(text, add_special_tokens=False)["input_ids"]})
+        params.append(
+            SamplingParams(n=n, temperature=1.0, max_tokens=max_tokens, seed=derive_seed(cfg.seed, p.prompt_id, "a1"))
+        )
+    t0 = time.perf_counter()
+    outs = llm.generate(inputs, params, use_tqdm=False)
+    seconds = time.perf_counter() - t0
+    tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
+    llm.llm_engine.engine_core.shutdown()
+    return {"engine_startup_s": startup, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
+
+
+def hf_generate(prompts: int, n: int, max_tokens: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg, plan = load_plan(prompts, n, max_tokens)
+    tok = AutoTokenizer.from_pretrained(plan.model_path, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(plan.model_path, dtype=torch.float32).eval()
+    texts = [tok.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True) for p in plan.prompts]
+    batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            **batch, do_sample=True, temperature=1.0, max_new_tokens=max_tokens, num_return_sequences=n,
+            pad_token_id=tok.pad_token_id or tok.eos_token_id,
+        )
+    seconds = time.perf_counter() - t0
+    new = out[:, batch["input_ids"].shape[1] :]
+    eos = tok.eos_token_id
+    tokens = 0
+    for row in new.tolist():
+        tokens += row.index(eos) + 1 if eos in row else len(row)
+    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--mem-prompts", type=int, default=12, help="prompts of the 1x memory run (10x is ten times)")
+    ap.add_argument("--mem-max-tokens", type=int, default=16)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+    results: dict = {"prompts": args.prompts, "n": args.n, "max_tokens": args.max_tokens}
+    results["selfcorrect"] = run_stage(args.out / "throughput", args.prompts, args.n, args.max_tokens)
+    print(json.dumps(results, indent=2), flush=True)
+    results["bare_vllm"] = bare_vllm(args.prompts, args.n, args.max_tokens)
+    print(json.dumps(results["bare_vllm"], indent=2), flush=True)
+    results["hf_generate"] = hf_generate(args.prompts, args.n, args.max_tokens)
+    sc = results["selfcorrect"]["tokens_per_s"]
+    results["ratio_vs_bare_vllm"] = sc / results["bare_vllm"]["tokens_per_s"]
+    results["ratio_vs_hf_generate"] = sc / results["hf_generate"]["tokens_per_s"]
+    if not args.skip_memory:
+        one = run_stage(args.out / "mem1", args.mem_prompts, 2, args.mem_max_tokens)
+        ten = run_stage(args.out / "mem10", args.mem_prompts * 10, 2, args.mem_max_tokens)
+        results["memory"] = {"1x": one, "10x": ten, "growth": ten["peak_pss_gib"] / one["peak_pss_gib"]}
+    print(json.dumps(results, indent=2))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_generate.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

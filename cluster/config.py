@@ -1,0 +1,116 @@
+"""The experiment config: one typed model composed of each package's own settings.
+
+A YAML file holds only what differs from the defaults; ``KEY=VALUE`` arguments (dotted keys, YAML
+values) override it. Unknown keys and bad values fail here, naming the file and the key, before
+Ray starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from datagen.config import GenerateConfig, PromptsConfig, Strict
+from judges.config import JudgesConfig, default_judges
+from rl.config import BuildConfig, TrainConfig
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the source and the key."""
+
+
+class RayConfig(Strict):
+    address: str | None = Field(None, description="None starts a local Ray; 'auto' joins a cluster")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (default: all)")
+    include_dashboard: bool | None = None
+    namespace: str = "selfcorrect"
+
+
+class Config(Strict):
+    run_dir: str = Field("runs/quickstart", description="where every stage writes")
+    model: str = Field("smollm2-135m-instruct", description="built-in alias, HF name or local folder")
+    model_cache: str = Field(
+        "~/.cache/selfcorrect/models", description="where built-in models are converted to HF folders"
+    )
+    seed: int = 0
+    ray: RayConfig = RayConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    generate: GenerateConfig = GenerateConfig()
+    judges: JudgesConfig = Field(default_factory=default_judges, description="instance name -> settings")
+    build: BuildConfig = BuildConfig()
+    train: TrainConfig = TrainConfig()
+
+    def stage_dir(self, stage: str) -> Path:
+        return Path(self.run_dir).expanduser() / stage
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted KEY")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from e
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid config"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (YAML, or None for the defaults), apply ``overrides`` and validate."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config: {e.strerror}") from e
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        tree = loaded or {}
+    if overrides:
+        tree = _merge(tree, parse_overrides(overrides))
+        source += " + overrides"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(source, e)) from None

@@ -1,0 +1,157 @@
+"""The stages of a run, by name, in the order ``selfcorrect run`` takes them.
+
+A stage has two halves: ``prepare`` checks everything that depends only on the config and the
+inputs (before Ray starts, writing nothing) and returns a plan whose ``fingerprint`` (a dict, or
+None) records the settings that shape the output; ``run`` does the work with Ray up. A finished
+stage is skipped when its fingerprint matches, and refused when it does not. Each gets the
+whole config here and hands its components only the parts they need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cluster.config import Config
+from datagen.shards import StageDir
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str
+    prepare: Callable[[Config], Any]
+    run: Callable[[Config, Any, bool], dict[str, Any]]
+    needs_ray: bool = True
+
+    def output(self, cfg: Config) -> StageDir:
+        return StageDir(cfg.stage_dir(self.name))
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def register(stage: Stage) -> Stage:
+    STAGES[stage.name] = stage
+    return stage
+
+
+def _generate_prepare(cfg: Config) -> Any:
+    from datagen.generate import plan_generate
+
+    return plan_generate(cfg.prompts, cfg.generate, cfg.model, cfg.model_cache, cfg.seed)
+
+
+def _generate_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
+    from datagen.generate import run_generate
+
+    return run_generate(plan, StageDir(cfg.stage_dir("generate")), overwrite=overwrite)
+
+
+register(
+    Stage(
+        "generate",
+        "prompts -> samples with self-correction turns (RUN_DIR/generate/)",
+        _generate_prepare,
+        _generate_run,
+    )
+)
+
+
+def _judge_prepare(cfg: Config) -> Any:
+    from datagen.judging import plan_judge
+
+    return plan_judge(cfg.judges, cfg.run_dir, cfg.model, cfg.model_cache, cfg.generate.engine, cfg.seed)
+
+
+def _judge_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
+    from datagen.judging import run_judge
+
+    return run_judge(plan, StageDir(cfg.stage_dir("judge")), overwrite=overwrite)
+
+
+register(
+    Stage(
+        "judge",
+        "samples -> the same rows with each judge's score, raw output and error columns (RUN_DIR/judge/)",
+        _judge_prepare,
+        _judge_run,
+    )
+)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    fingerprint: dict[str, Any]
+    model_path: str | None = None
+
+
+def _build_prepare(cfg: Config) -> Any:
+    from rl.build import build_fingerprint
+    from rl.builders import get_builder
+
+    get_builder(cfg.build.builder)  # an unknown builder fails before anything runs
+    return _Plan(build_fingerprint(cfg.build, StageDir(cfg.stage_dir("judge"))))
+
+
+def _build_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
+    from rl.build import run_build
+
+    return run_build(cfg.build, StageDir(cfg.stage_dir("judge")), StageDir(cfg.stage_dir("build")), overwrite)
+
+
+register(
+    Stage(
+        "build",
+        "judged rows -> preference pairs or SFT chains for the chosen method (RUN_DIR/build/)",
+        _build_prepare,
+        _build_run,
+        needs_ray=False,
+    )
+)
+
+
+def _export_prepare(cfg: Config) -> Any:
+    return _Plan({"build": str(cfg.stage_dir("build"))})
+
+
+def _export_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
+    from rl.export import run_export
+
+    return run_export(StageDir(cfg.stage_dir("build")), cfg.stage_dir("export"))
+
+
+register(
+    Stage(
+        "export",
+        "the training set as LLaMA-Factory pairwise and Alpaca JSON (RUN_DIR/export/)",
+        _export_prepare,
+        _export_run,
+        needs_ray=False,
+    )
+)
+
+
+def _train_prepare(cfg: Config) -> Any:
+    from datagen.models import resolve_model
+    from rl.train import train_fingerprint
+
+    model_path = resolve_model(cfg.model, cfg.model_cache)
+    return _Plan(train_fingerprint(cfg.train, model_path, StageDir(cfg.stage_dir("build"))), model_path)
+
+
+def _train_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
+    from rl.train import run_train
+
+    return run_train(cfg.train, plan.model_path, StageDir(cfg.stage_dir("build")), cfg.stage_dir("train"), overwrite)
+
+
+register(
+    Stage(
+        "train",
+        "DPO or SFT on Ray Train with LoRA; checkpoints, resume, final model in RUN_DIR/train/model",
+        _train_prepare,
+        _train_run,
+    )
+)

@@ -1,0 +1,107 @@
+"""Typed settings of the prompt sources and the generate stage: every default lives here."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# The two self-correction instructions of the papers this project reproduces.
+REVIEW_PROMPTS = {
+    # SCL (He et al., 2024): intrinsic self-correction prompt.
+    "scl": (
+        "Review your previous answer and find problems with your answer. Based on the problems "
+        "you found, improve your answer."
+    ),
+    # SCoRe (Kumar et al., 2024): the second-attempt instruction for MATH.
+    "score": (
+        "There might be an error in the solution above because of lack of understanding of the "
+        "question. Please correct the error, if any, and rewrite the solution."
+    ),
+}
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PromptsConfig(Strict):
+    path: str | None = Field(None, description="JSONL or Parquet file, a folder of them, or a saved HF dataset")
+    builtin: Literal["arithmetic", "humaneval"] | None = Field(
+        "arithmetic", description="a built-in task set, used when no path is given"
+    )
+    split: Literal["train", "test"] = "train"
+    limit: int | None = Field(None, ge=1, description="use only the first N prompts")
+    size: int = Field(1000, ge=1, description="number of arithmetic problems per split")
+    id_field: str = "prompt_id"
+    prompt_field: str = "prompt"
+    reference_field: str = "reference"
+    task_field: str = "task"
+    task: Literal["math", "code", "open"] = Field("open", description="task type for rows that name none")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptsConfig:
+        if self.path is not None:
+            if "builtin" in self.model_fields_set and self.builtin is not None:
+                raise ValueError("set only one of prompts.path and prompts.builtin")
+            object.__setattr__(self, "builtin", None)
+        elif self.builtin is None:
+            raise ValueError("set prompts.path or prompts.builtin")
+        return self
+
+
+class EngineConfig(Strict):
+    """How each vLLM engine starts, and how many run."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int | None = Field(None, ge=16)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    kv_cache_gib: int | None = Field(
+        None, ge=1, description="CPU only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)"
+    )
+    enforce_eager: bool = False
+    tensor_parallel_size: int = Field(1, ge=1)
+    num_gpus: float = Field(0, ge=0, description="GPUs per engine actor (0 runs on CPU)")
+    num_cpus: float = Field(1, gt=0, description="CPUs reserved per engine actor")
+    cpu_threads: int | None = Field(None, ge=1, description="CPU only: torch threads per engine")
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _actors(self) -> EngineConfig:
+        if self.max_actors < self.min_actors:
+            raise ValueError("max_actors must be >= min_actors")
+        return self
+
+
+class GenerateConfig(Strict):
+    mode: Literal["two_attempt", "selfee", "sima", "single"] = Field(
+        "two_attempt",
+        description="two_attempt: attempt 1, review prompt, attempt 2 (SCL, SCoRe); selfee: answer, "
+        "feedback, revision chains; sima: one greedy plus sampled responses; single: n samples",
+    )
+    n: int = Field(4, ge=1, description="samples per prompt")
+    max_tokens: int = Field(256, ge=1, description="new tokens per turn")
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(-1, ge=-1)
+    second_temperature: float | None = Field(None, ge=0, description="attempt 2 temperature (default: temperature)")
+    review_prompt: str = Field("scl", description="'scl', 'score' or the text of your own instruction")
+    system_prompt: str | None = None
+    max_revisions: int = Field(3, ge=1, description="SelFee: revision rounds at most")
+    enforce_revisions: int = Field(0, ge=0, description="SelFee: revise at least this many times")
+    shard_size: int = Field(32, ge=1, description="prompts per output shard (the unit of resume)")
+    engine: EngineConfig = EngineConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> GenerateConfig:
+        if self.enforce_revisions > self.max_revisions:
+            raise ValueError("enforce_revisions must be <= max_revisions")
+        if self.mode == "sima" and self.n < 2:
+            raise ValueError("sima mode needs n >= 2 (one greedy plus sampled responses)")
+        return self
+
+    def review_text(self) -> str:
+        return REVIEW_PROMPTS.get(self.review_prompt, self.review_prompt)

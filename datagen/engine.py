@@ -1,0 +1,148 @@
+"""The vLLM generation worker that runs inside each Ray Data actor.
+
+One ``vllm.LLM`` per actor. Chat templates are applied here, so the token count of every turn is
+known before it is sent: a turn whose conversation leaves no room in the context is not sent but
+recorded with finish reason ``context``, and the row is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from datagen.config import EngineConfig, GenerateConfig
+from datagen.models import resolve_model
+from datagen.records import SAMPLE_SCHEMA, Prompt
+from datagen.turns import Completion, Request, generate_rows
+
+
+def engine_kwargs(engine: EngineConfig, model_path: str, seed: int) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "dtype": engine.dtype,
+        "gpu_memory_utilization": engine.gpu_memory_utilization,
+        "enforce_eager": engine.enforce_eager,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "seed": seed,
+    }
+    if engine.max_model_len is not None:
+        kwargs["max_model_len"] = engine.max_model_len
+    return kwargs
+
+
+def engine_env(engine: EngineConfig) -> dict[str, str]:
+    """Environment for an engine process: CPU KV cache size and thread count, when set."""
+    env = {}
+    if engine.kv_cache_gib is not None:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(engine.kv_cache_gib)
+    if engine.cpu_threads is not None:
+        env["OMP_NUM_THREADS"] = str(engine.cpu_threads)
+    return env
+
+
+class GenerationWorker:
+    """Holds a vLLM engine; turns one shard of prompts into one table of sample rows."""
+
+    def __init__(self, model: str, model_cache: str, generate: dict[str, Any], seed: int):
+        from vllm import LLM
+
+        self.cfg = GenerateConfig.model_validate(generate)
+        self.model_name = model
+        self.seed = seed
+        path = resolve_model(model, model_cache)
+        started = time.perf_counter()
+        self.llm = LLM(**engine_kwargs(self.cfg.engine, path, seed))
+        self.startup_seconds = time.perf_counter() - started
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self._metrics = _Metrics(model) if _in_ray() else None
+
+    def close(self) -> None:
+        """Stop the engine's processes now rather than at interpreter exit."""
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def _encode(self, conversation: list[dict[str, str]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def complete(self, requests: list[Request]) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        results: list[list[Completion] | None] = [None] * len(requests)
+        prompts, params, slots = [], [], []
+        for i, req in enumerate(requests):
+            ids = self._encode(req.conversation)
+            room = self.max_model_len - len(ids)
+            if room < 1:
+                results[i] = [Completion("", 0, "context")] * req.n
+                continue
+            prompts.append({"prompt_token_ids": ids})
+            params.append(
+                SamplingParams(
+                    n=req.n,
+                    temperature=req.temperature,
+                    top_p=self.cfg.top_p if req.temperature > 0 else 1.0,
+                    top_k=self.cfg.top_k if req.temperature > 0 else -1,
+                    max_tokens=min(self.cfg.max_tokens, room),
+                    seed=req.seed,
+                )
+            )
+            slots.append(i)
+        if prompts:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            for slot, out in zip(slots, outputs, strict=True):
+                results[slot] = [
+                    Completion(c.text, len(c.token_ids), str(c.finish_reason)) for c in out.outputs
+                ]
+        return [r if r is not None else [] for r in results]
+
+    def __call__(self, task: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
+        prompts = [Prompt.from_row(r) for r in task["prompts"]]
+        started = time.perf_counter()
+        rows = generate_rows(prompts, self.cfg, self.complete, model=self.model_name, seed=self.seed)
+        for row in rows:
+            row["prompt_tokens"] = len(self._encode(row["messages"]))
+        seconds = time.perf_counter() - started
+        tokens = sum(r["generated_tokens"] for r in rows)
+        if self._metrics is not None:
+            self._metrics.record(len(prompts), len(rows), tokens, seconds)
+        stats = {
+            "prompts": len(prompts),
+            "samples": len(rows),
+            "generated_tokens": tokens,
+            "generate_seconds": seconds,
+            "engine_startup_seconds": self.startup_seconds,
+            "actor_pid": os.getpid(),
+        }
+        return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), stats
+
+
+def _in_ray() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+class _Metrics:
+    """Custom Ray metrics, shown on the dashboard and exported to Prometheus with a ``ray_`` prefix."""
+
+    def __init__(self, model: str):
+        from ray.util.metrics import Counter, Gauge
+
+        tags = {"model": model}
+        self.prompts = Counter("selfcorrect_generate_prompts", "prompts generated", tag_keys=("model",))
+        self.samples = Counter("selfcorrect_generate_samples", "sample rows generated", tag_keys=("model",))
+        self.tokens = Counter("selfcorrect_generate_tokens", "tokens generated", tag_keys=("model",))
+        self.rate = Gauge("selfcorrect_generate_tokens_per_s", "tokens/s of the last shard", tag_keys=("model",))
+        for m in (self.prompts, self.samples, self.tokens, self.rate):
+            m.set_default_tags(tags)
+
+    def record(self, prompts: int, samples: int, tokens: int, seconds: float) -> None:
+        self.prompts.inc(prompts)
+        self.samples.inc(samples)
+        if tokens:
+            self.tokens.inc(tokens)
+        self.rate.set(tokens / seconds if seconds > 0 else 0.0)

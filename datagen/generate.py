@@ -1,0 +1,147 @@
+"""The generate stage: prompts in, sample rows out, under ``RUN_DIR/generate/``.
+
+``plan_generate`` does everything that can fail on bad input — reading and checking the prompts,
+resolving the model, measuring every prompt against the context — before Ray starts and before
+anything is written. ``run_generate`` then runs the pending shards on the vLLM actor pool.
+
+Prompts too long for the context are refused as a whole (the error lists them): a run that
+silently lost or truncated prompts would be worse than one that asks for a bigger
+``generate.engine.max_model_len`` or a cleaned prompt file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from datagen.config import GenerateConfig, PromptsConfig
+from datagen.engine import GenerationWorker, engine_env
+from datagen.models import resolve_model
+from datagen.pipeline import run_shard_stage
+from datagen.prompts import PromptError, load_prompts
+from datagen.records import Prompt
+from datagen.shards import StageDir
+
+
+@dataclass
+class GeneratePlan:
+    prompts: list[Prompt]
+    model: str
+    model_path: str
+    model_cache: str
+    seed: int
+    cfg: GenerateConfig
+    fingerprint: dict[str, Any]
+
+    def shards(self) -> list[list[Prompt]]:
+        size = self.cfg.shard_size
+        return [self.prompts[i : i + size] for i in range(0, len(self.prompts), size)]
+
+
+def _context_length(model_path: str, cfg: GenerateConfig) -> int:
+    if cfg.engine.max_model_len is not None:
+        return cfg.engine.max_model_len
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    return int(getattr(config, "max_position_embeddings", 2048))
+
+
+def check_lengths(prompts: list[Prompt], model_path: str, cfg: GenerateConfig) -> None:
+    """Refuse prompts whose first turn and its answer cannot fit in the model's context."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    limit = _context_length(model_path, cfg)
+    too_long = []
+    for p in prompts:
+        conv = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + p.messages
+        text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if n + cfg.max_tokens > limit:
+            too_long.append(f"{p.prompt_id} ({n} tokens)")
+    if too_long:
+        shown = ", ".join(too_long[:5]) + (f" and {len(too_long) - 5} more" if len(too_long) > 5 else "")
+        raise PromptError(
+            f"{len(too_long)} prompt(s) do not fit the context of {limit} tokens with "
+            f"generate.max_tokens={cfg.max_tokens}: {shown}. Shorten them, lower generate.max_tokens, "
+            "or raise generate.engine.max_model_len."
+        )
+
+
+def plan_generate(
+    prompts_cfg: PromptsConfig, cfg: GenerateConfig, model: str, model_cache: str, seed: int
+) -> GeneratePlan:
+    model_path = resolve_model(model, model_cache)
+    prompts = load_prompts(prompts_cfg)
+    check_lengths(prompts, model_path, cfg)
+    ids = hashlib.sha256("\n".join(p.prompt_id for p in prompts).encode()).hexdigest()
+    # What changes the output; engine placement (actors, CPUs, GPUs, cache size) does not.
+    gen = cfg.model_dump(exclude={"engine"})
+    fingerprint = {
+        "model": model,
+        "seed": seed,
+        "prompts": prompts_cfg.model_dump(),
+        "prompt_ids_sha256": ids,
+        "generate": gen,
+        "dtype": cfg.engine.dtype,
+        "max_model_len": cfg.engine.max_model_len,
+    }
+    return GeneratePlan(prompts, model, model_path, model_cache, seed, cfg, json.loads(json.dumps(fingerprint)))
+
+
+def run_generate(plan: GeneratePlan, out: StageDir, overwrite: bool = False) -> dict[str, Any]:
+    """Generate every pending shard, then mark the stage done. Needs Ray initialised."""
+    out.start(plan.fingerprint, overwrite=overwrite)
+    shards = plan.shards()
+    done = out.completed_shards()
+    tasks = [
+        {"shard": i, "prompts": [p.to_row() for p in shard]} for i, shard in enumerate(shards) if i not in done
+    ]
+    engine = plan.cfg.engine
+    started = time.perf_counter()
+    manifest = run_shard_stage(
+        out,
+        tasks,
+        GenerationWorker,
+        {
+            "model": plan.model,
+            "model_cache": plan.model_cache,
+            "generate": plan.cfg.model_dump(),
+            "seed": plan.seed,
+        },
+        min_actors=engine.min_actors,
+        max_actors=min(engine.max_actors, max(1, len(tasks))),
+        num_cpus=engine.num_cpus,
+        num_gpus=engine.num_gpus,
+        env_vars=engine_env(engine) or None,
+        desc="generate",
+    )
+    seconds = time.perf_counter() - started
+    table = out.read(columns=["prompt_id", "sample_idx", "generated_tokens"])
+    keys = set(zip(table["prompt_id"].to_pylist(), table["sample_idx"].to_pylist(), strict=True))
+    expected = len(plan.prompts) * plan.cfg.n
+    if len(keys) != table.num_rows or table.num_rows != expected:
+        raise RuntimeError(
+            f"{out.path}: expected {expected} unique samples, found {table.num_rows} rows with "
+            f"{len(keys)} unique keys"
+        )
+    new_tokens = sum(m["stats"]["generated_tokens"] for m in manifest)
+    gen_seconds = sum(m["stats"]["generate_seconds"] for m in manifest)
+    summary = {
+        "prompts": len(plan.prompts),
+        "samples": table.num_rows,
+        "shards": len(shards),
+        "shards_this_run": len(manifest),
+        "generated_tokens": sum(table["generated_tokens"].to_pylist()),
+        "tokens_this_run": new_tokens,
+        "wall_seconds_this_run": seconds,
+        "tokens_per_s_this_run": new_tokens / seconds if seconds > 0 else None,
+        "engine_tokens_per_s": new_tokens / gen_seconds if gen_seconds > 0 else None,
+        "engine_startup_seconds": max((m["stats"]["engine_startup_seconds"] for m in manifest), default=None),
+    }
+    out.mark_done(summary)
+    return summary

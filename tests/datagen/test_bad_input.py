@@ -1,0 +1,80 @@
+"""Bad input: a clear error naming the file, line or key, exit status 2, and nothing written."""
+
+import json
+
+import pytest
+
+from cluster.cli import main
+
+
+def run(tmp_path, capsys, *overrides, model=None):
+    run_dir = tmp_path / "run"
+    argv = ["generate", "configs/quickstart.yaml", f"run_dir={run_dir}", *overrides]
+    if model is not None:
+        argv.append(f"model={model}")
+    code = main(argv)
+    assert not run_dir.exists(), "bad input must leave nothing behind"
+    return code, capsys.readouterr().err
+
+
+def prompts_file(tmp_path, lines):
+    f = tmp_path / "prompts.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    return f
+
+
+def test_malformed_jsonl_line(tmp_path, capsys, tiny_model_dir):
+    f = prompts_file(tmp_path, [json.dumps({"prompt_id": "a", "prompt": "hi"}), "{oops"])
+    code, err = run(tmp_path, capsys, f"prompts.path={f}", model=tiny_model_dir)
+    assert code == 2 and f"{f}:2: not valid JSON" in err
+
+
+def test_missing_field(tmp_path, capsys, tiny_model_dir):
+    f = prompts_file(tmp_path, [json.dumps({"prompt_id": "a", "question": "hi"})])
+    code, err = run(tmp_path, capsys, f"prompts.path={f}", model=tiny_model_dir)
+    assert code == 2 and f"{f}:1: missing field 'prompt'" in err
+
+
+def test_empty_prompt_is_refused(tmp_path, capsys, tiny_model_dir):
+    f = prompts_file(tmp_path, [json.dumps({"prompt_id": "a", "prompt": ""})])
+    code, err = run(tmp_path, capsys, f"prompts.path={f}", model=tiny_model_dir)
+    assert code == 2 and f"{f}:1" in err and "prompt is empty" in err
+
+
+def test_prompt_longer_than_the_context_is_refused(tmp_path, capsys, tiny_model_dir):
+    f = prompts_file(
+        tmp_path,
+        [json.dumps({"prompt_id": "short", "prompt": "hi"}), json.dumps({"prompt_id": "huge", "prompt": "word " * 600})],
+    )
+    code, err = run(tmp_path, capsys, f"prompts.path={f}", "generate.engine.max_model_len=512", model=tiny_model_dir)
+    assert code == 2 and "1 prompt(s) do not fit the context of 512 tokens" in err and "huge (" in err
+    assert "short" not in err
+
+
+def test_config_typo(tmp_path, capsys):
+    code, err = run(tmp_path, capsys, "generate.nn=3")
+    assert code == 2 and "generate.nn: unknown key" in err
+
+
+def test_wrong_model_path(tmp_path, capsys):
+    code, err = run(tmp_path, capsys, model=str(tmp_path / "no-model"))
+    assert code == 2 and "no such folder" in err
+
+
+def test_folder_that_is_not_a_model(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, err = run(tmp_path, capsys, model=str(tmp_path / "empty"))
+    assert code == 2 and "no config.json" in err
+
+
+def test_unknown_hub_model_offline(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, err = run(tmp_path, capsys, model="nobody-here/no-such-model-xyz")
+    assert code == 2 and "is not a built-in alias" in err
+
+
+@pytest.mark.parametrize("argv", [["generate"], ["nonsense", "configs/quickstart.yaml"]])
+def test_usage_errors_exit_nonzero(argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
