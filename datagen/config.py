@@ -73,6 +73,8 @@ class EngineConfig(Strict):
     def _actors(self) -> EngineConfig:
         if self.max_actors < self.min_actors:
             raise ValueError("max_actors must be >= min_actors")
+        if self.num_gpus and self.num_gpus < self.tensor_parallel_size:
+            raise ValueError("num_gpus per engine must cover tensor_parallel_size")
         return self
 
 

@@ -7,7 +7,10 @@ recorded with finish reason ``context``, and the row is kept.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import threading
 import time
 from typing import Any
 
@@ -59,9 +62,12 @@ class GenerationWorker:
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self._metrics = _Metrics(model) if _in_ray() else None
+        self._closing = False
+        self._watch_engine()
 
     def close(self) -> None:
         """Stop the engine's processes now rather than at interpreter exit."""
+        self._closing = True
         self.llm.llm_engine.engine_core.shutdown()
 
     def _encode(self, conversation: list[dict[str, str]]) -> list[int]:
@@ -98,6 +104,26 @@ class GenerationWorker:
                     Completion(c.text, len(c.token_ids), str(c.finish_reason)) for c in out.outputs
                 ]
         return [r if r is not None else [] for r in results]
+
+    def _watch_engine(self) -> None:
+        """End the actor when the engine process dies, so Ray starts a fresh one and retries.
+
+        A dead vLLM engine cannot be revived inside this process, and a request in flight when it
+        dies can wait forever for its output; polling the client's liveness flag covers both.
+        """
+        resources = getattr(getattr(self.llm.llm_engine, "engine_core", None), "resources", None)
+        if resources is None or not hasattr(resources, "engine_dead"):
+            logging.getLogger(__name__).warning("cannot watch this vLLM version's engine for crashes")
+            return
+
+        def watch() -> None:
+            while not resources.engine_dead:
+                time.sleep(0.5)
+            if not self._closing:
+                print("vLLM engine process died; ending the actor so Ray restarts it", file=sys.stderr, flush=True)
+                os._exit(1)
+
+        threading.Thread(target=watch, name="engine-watchdog", daemon=True).start()
 
     def __call__(self, task: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
         prompts = [Prompt.from_row(r) for r in task["prompts"]]

@@ -120,3 +120,29 @@ def test_other_settings_on_a_finished_run_are_refused(reference, tiny_model_dir,
     assert main(["generate", *args(reference, tiny_model_dir), "generate.temperature=0.1"]) == 2
     err = capsys.readouterr().err
     assert "other settings (changed: generate)" in err and "--overwrite" in err
+
+
+def engine_cores(pid):
+    import psutil
+
+    found = []
+    for p in psutil.Process(pid).children(recursive=True):
+        try:
+            if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_a_dead_engine_restarts_its_actor_and_the_shard_is_retried(reference, tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "engine-killed"
+    p = start(run_dir, tiny_model_dir)
+    deadline = time.monotonic() + 300
+    while not (shards(run_dir) and engine_cores(p.pid)):
+        assert p.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    for core in engine_cores(p.pid):
+        core.kill()  # a real crash of the vLLM engine process under the actor
+    finish(p)
+    assert read_sorted(run_dir).equals(read_sorted(reference))
