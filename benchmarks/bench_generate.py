@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.measure import run_measured  # noqa: E402
 
 
 def stage_args(run_dir: Path, prompts: int, n: int, max_tokens: int) -> list[str]:
@@ -38,49 +38,20 @@ def stage_args(run_dir: Path, prompts: int, n: int, max_tokens: int) -> list[str
     ]
 
 
-def tree_pss(pid: int) -> int:
-    import psutil
-
-    total = 0
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    for p in procs:
-        try:
-            total += p.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
-
-
 def run_stage(run_dir: Path, prompts: int, n: int, max_tokens: int) -> dict:
     cmd = [sys.executable, "-m", "cluster.cli", "generate", *stage_args(run_dir, prompts, n, max_tokens), "--overwrite"]
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = [0]
-
-    def sample() -> None:
-        while proc.poll() is None:
-            peak[0] = max(peak[0], tree_pss(proc.pid))
-            time.sleep(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, err = proc.communicate()
-    sampler.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"selfcorrect generate failed:\n{err[-3000:]}")
+    m = run_measured(cmd)
+    if m.returncode != 0:
+        raise SystemExit(f"selfcorrect generate failed:\n{m.stderr[-3000:]}")
     summary = json.loads((run_dir / "generate" / "_SUCCESS.json").read_text())
     gen_seconds = summary["wall_seconds_this_run"] - summary["engine_startup_seconds"]
     return {
-        "cli_wall_s": time.perf_counter() - started,
+        "cli_wall_s": m.seconds,
         "tokens": summary["generated_tokens"],
         "engine_startup_s": summary["engine_startup_seconds"],
         "stage_seconds_excl_startup": gen_seconds,
         "tokens_per_s": summary["generated_tokens"] / gen_seconds,
-        "peak_pss_gib": peak[0] / 2**30,
+        "peak_pss_gib": m.peak_pss_gib,
     }
 
 

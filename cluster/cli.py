@@ -42,9 +42,9 @@ EXIT_BAD_INPUT = 2
 def _input_errors() -> tuple[type[BaseException], ...]:
     from datagen.models import ModelNotFoundError
     from datagen.prompts import PromptError
-    from datagen.shards import StageMismatchError
+    from datagen.shards import StageInputError, StageMismatchError
 
-    return (ConfigError, PromptError, ModelNotFoundError, StageMismatchError)
+    return (ConfigError, PromptError, ModelNotFoundError, StageMismatchError, StageInputError)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             yaml.safe_dump(cfg.model_dump(), sys.stdout, sort_keys=False)
             return 0
-        names = list(STAGES) if args.command == "run" else [args.command]
+        names = [n for n, s in STAGES.items() if s.in_run] if args.command == "run" else [args.command]
         _run_stages(cfg, [STAGES[n] for n in names], args.overwrite)
     except _input_errors() as e:
         print(f"error: {e}", file=sys.stderr)

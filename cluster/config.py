@@ -108,7 +108,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: the top level must be a mapping of keys")
         tree = loaded or {}
     if overrides:
-        tree = _merge(tree, parse_overrides(overrides))
+        extra = parse_overrides(overrides)
+        if "judges" in extra and "judges" not in tree:
+            # `judges.NAME.KEY=...` adds a judge to the default set rather than replacing it
+            tree["judges"] = {name: {} for name in default_judges()}
+        tree = _merge(tree, extra)
         source += " + overrides"
     try:
         return Config.model_validate(tree)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.config import Config
+from cluster.config import Config, ConfigError
 from datagen.shards import StageDir
 
 
@@ -24,6 +24,7 @@ class Stage:
     prepare: Callable[[Config], Any]
     run: Callable[[Config, Any, bool], dict[str, Any]]
     needs_ray: bool = True
+    in_run: bool = True  # part of `selfcorrect run`; otherwise only run by name
 
     def output(self, cfg: Config) -> StageDir:
         return StageDir(cfg.stage_dir(self.name))
@@ -91,7 +92,10 @@ def _build_prepare(cfg: Config) -> Any:
     from rl.build import build_fingerprint
     from rl.builders import get_builder
 
-    get_builder(cfg.build.builder)  # an unknown builder fails before anything runs
+    try:
+        get_builder(cfg.build.builder)  # an unknown builder fails before anything runs
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"build.builder: {e}") from None
     return _Plan(build_fingerprint(cfg.build, StageDir(cfg.stage_dir("judge"))))
 
 
@@ -129,6 +133,7 @@ register(
         _export_prepare,
         _export_run,
         needs_ray=False,
+        in_run=False,
     )
 )
 

@@ -34,7 +34,8 @@ class PromptsConfig(Strict):
     )
     split: Literal["train", "test"] = "train"
     limit: int | None = Field(None, ge=1, description="use only the first N prompts")
-    size: int = Field(1000, ge=1, description="number of arithmetic problems per split")
+    size: int = Field(1000, ge=1, description="arithmetic: number of problems per split")
+    max_operand: int = Field(99, ge=5, description="arithmetic: largest number in a problem (smaller is easier)")
     id_field: str = "prompt_id"
     prompt_field: str = "prompt"
     reference_field: str = "reference"

@@ -38,7 +38,8 @@ def engine_kwargs(engine: EngineConfig, model_path: str, seed: int) -> dict[str,
 
 def engine_env(engine: EngineConfig) -> dict[str, str]:
     """Environment for an engine process: CPU KV cache size and thread count, when set."""
-    env = {}
+    # vLLM's INFO lines from every actor would drown the progress bars; VLLM_LOGGING_LEVEL wins.
+    env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     if engine.kv_cache_gib is not None:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(engine.kv_cache_gib)
     if engine.cpu_threads is not None:

@@ -137,12 +137,12 @@ _NAMES = ["Ava", "Ben", "Chen", "Dara", "Eli", "Farah", "Goran", "Hana", "Ivo", 
 _ITEMS = ["apples", "marbles", "stickers", "pencils", "coins", "cards", "shells", "books"]
 
 
-def _arithmetic_problem(rng: random.Random) -> tuple[str, str]:
+def _arithmetic_problem(rng: random.Random, top: int = 99) -> tuple[str, str]:
     """One word problem and its exact answer (an integer, or a reduced fraction)."""
     name, other = rng.sample(_NAMES, 2)
     item = rng.choice(_ITEMS)
     kind = rng.randrange(5)
-    a, b, c = rng.randint(2, 99), rng.randint(2, 99), rng.randint(2, 12)
+    a, b, c = rng.randint(2, top), rng.randint(2, top), rng.randint(2, min(12, top))
     if kind == 0:
         text = f"{name} has {a} {item} and {other} gives {name} {b} more. How many {item} does {name} have now?"
         answer: Fraction | int = a + b
@@ -178,8 +178,15 @@ def arithmetic(cfg: PromptsConfig, seed: int = 1234) -> Iterator[Prompt]:
     rng = random.Random(seed)
     seen: set[str] = set()
     count = 0
+    tries = 0
     while count < cfg.size:
-        text, answer = _arithmetic_problem(rng)
+        tries += 1
+        if tries > 100 * cfg.size:
+            raise PromptError(
+                f"builtin arithmetic: only {count} distinct {cfg.split} problems with "
+                f"prompts.max_operand={cfg.max_operand}; lower prompts.size or raise max_operand"
+            )
+        text, answer = _arithmetic_problem(rng, cfg.max_operand)
         if text in seen or _split_of(text) != cfg.split:
             continue
         seen.add(text)

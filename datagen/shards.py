@@ -32,6 +32,10 @@ class StageMismatchError(RuntimeError):
     """The directory holds output made with other settings."""
 
 
+class StageInputError(ValueError):
+    """A stage's input is missing or unusable (an earlier stage has not finished, say)."""
+
+
 def shard_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 

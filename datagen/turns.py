@@ -116,7 +116,9 @@ def _row(prompt: Prompt, idx: int, cfg: GenerateConfig, model: str, seed: int) -
     }
 
 
-def _first_attempts(prompts: list[Prompt], cfg: GenerateConfig, seed: int, complete: Complete) -> list[list[Completion]]:
+def _first_attempts(
+    prompts: list[Prompt], cfg: GenerateConfig, seed: int, complete: Complete
+) -> list[list[Completion]]:
     """Attempt 1 for every prompt: n samples from one request (SIMA: one greedy request besides)."""
     requests: list[Request] = []
     for p in prompts:
@@ -171,7 +173,9 @@ def generate_rows(
     return rows
 
 
-def _selfee_rounds(rows: list[dict[str, Any]], cfg: GenerateConfig, temperature: float, seed: int, complete: Complete) -> None:
+def _selfee_rounds(
+    rows: list[dict[str, Any]], cfg: GenerateConfig, temperature: float, seed: int, complete: Complete
+) -> None:
     active = list(rows)
     for rnd in range(1, cfg.max_revisions + 1):
         if not active:
@@ -180,7 +184,9 @@ def _selfee_rounds(rows: list[dict[str, Any]], cfg: GenerateConfig, temperature:
             row["conversation"] += _turns(("user", FEEDBACK_PROMPT))
         feedback = complete(
             [
-                Request(r["conversation"], 1, temperature, derive_seed(seed, r["prompt_id"], f"fb{rnd}", r["sample_idx"]))
+                Request(
+                    r["conversation"], 1, temperature, derive_seed(seed, r["prompt_id"], f"fb{rnd}", r["sample_idx"])
+                )
                 for r in active
             ]
         )
@@ -195,12 +201,21 @@ def _selfee_rounds(rows: list[dict[str, Any]], cfg: GenerateConfig, temperature:
             if needs_revision(text) and out.finish != "context":
                 row["conversation"] += _turns(("user", REVISION_PROMPT))
                 revising.append(row)
-        revisions = complete(
-            [
-                Request(r["conversation"], 1, temperature, derive_seed(seed, r["prompt_id"], f"rev{rnd}", r["sample_idx"]))
-                for r in revising
-            ]
-        ) if revising else []
+        revisions = (
+            complete(
+                [
+                    Request(
+                        r["conversation"],
+                        1,
+                        temperature,
+                        derive_seed(seed, r["prompt_id"], f"rev{rnd}", r["sample_idx"]),
+                    )
+                    for r in revising
+                ]
+            )
+            if revising
+            else []
+        )
         for row, (out,) in zip(revising, revisions, strict=True):
             row["revisions"].append(out.text)
             row["generated_tokens"] += out.tokens

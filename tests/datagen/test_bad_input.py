@@ -44,7 +44,10 @@ def test_empty_prompt_is_refused(tmp_path, capsys, tiny_model_dir):
 def test_prompt_longer_than_the_context_is_refused(tmp_path, capsys, tiny_model_dir):
     f = prompts_file(
         tmp_path,
-        [json.dumps({"prompt_id": "short", "prompt": "hi"}), json.dumps({"prompt_id": "huge", "prompt": "word " * 600})],
+        [
+            json.dumps({"prompt_id": "short", "prompt": "hi"}),
+            json.dumps({"prompt_id": "huge", "prompt": "word " * 600}),
+        ],
     )
     code, err = run(tmp_path, capsys, f"prompts.path={f}", "generate.engine.max_model_len=512", model=tiny_model_dir)
     assert code == 2 and "1 prompt(s) do not fit the context of 512 tokens" in err and "huge (" in err

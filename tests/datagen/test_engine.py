@@ -17,9 +17,7 @@ PROMPTS = [
 def worker(tiny_model_dir):
     from datagen.engine import GenerationWorker
 
-    gen = GenerateConfig(
-        n=2, max_tokens=12, engine={"dtype": "float32", "enforce_eager": True, "max_model_len": 512}
-    )
+    gen = GenerateConfig(n=2, max_tokens=12, engine={"dtype": "float32", "enforce_eager": True, "max_model_len": 512})
     w = GenerationWorker(str(tiny_model_dir), "/unused", gen.model_dump(), seed=3)
     yield w
     w.close()

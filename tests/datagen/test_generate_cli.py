@@ -61,8 +61,10 @@ def shards(run_dir):
 
 
 def read_sorted(run_dir):
-    return pads.dataset(str(Path(run_dir, "generate")), format="parquet").to_table().sort_by(
-        [("prompt_id", "ascending"), ("sample_idx", "ascending")]
+    return (
+        pads.dataset(str(Path(run_dir, "generate")), format="parquet")
+        .to_table()
+        .sort_by([("prompt_id", "ascending"), ("sample_idx", "ascending")])
     )
 
 
@@ -75,7 +77,7 @@ def reference(tmp_path_factory, tiny_model_dir):
 
 def test_output_has_every_sample_once_with_both_attempts(reference):
     table = read_sorted(reference)
-    keys = list(zip(table["prompt_id"].to_pylist(), table["sample_idx"].to_pylist()))
+    keys = list(zip(table["prompt_id"].to_pylist(), table["sample_idx"].to_pylist(), strict=True))
     assert len(keys) == len(set(keys)) == PROMPTS * 2
     assert {"prompt_id", "sample_idx", "attempt1", "attempt2", "attempt1_tokens", "sampling"} <= set(table.column_names)
     assert all(table["attempt1"].to_pylist()) and None not in table["attempt2"].to_pylist()

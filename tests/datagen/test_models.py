@@ -5,7 +5,9 @@ import sys
 
 from datagen.models import DONE_MARKER
 
-CONVERT = "import sys; from datagen.models import resolve_model; print(resolve_model('smollm2-135m-instruct', sys.argv[1]))"
+CONVERT = (
+    "import sys; from datagen.models import resolve_model; print(resolve_model('smollm2-135m-instruct', sys.argv[1]))"
+)
 
 
 def test_two_processes_converting_at_once_leave_one_whole_model(tmp_path):

@@ -18,7 +18,10 @@ def test_jsonl_text_and_chat_prompts(tmp_path):
         tmp_path / "p.jsonl",
         [
             {"prompt_id": "a", "prompt": "What is 2+2?", "reference": 4, "task": "math", "source": "x"},
-            {"prompt_id": "b", "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]},
+            {
+                "prompt_id": "b",
+                "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+            },
         ],
     )
     a, b = load_prompts(PromptsConfig(path=str(f)))

@@ -80,9 +80,14 @@ def test_selfee_stops_when_no_revision_is_needed():
     assert r["attempt2"] == r["revisions"][-1]
     roles = [(m["role"], m["content"] in (FEEDBACK_PROMPT, REVISION_PROMPT)) for m in r["conversation"]]
     assert roles == [
-        ("user", False), ("assistant", False),
-        ("user", True), ("assistant", False), ("user", True), ("assistant", False),
-        ("user", True), ("assistant", False),
+        ("user", False),
+        ("assistant", False),
+        ("user", True),
+        ("assistant", False),
+        ("user", True),
+        ("assistant", False),
+        ("user", True),
+        ("assistant", False),
     ]
 
 

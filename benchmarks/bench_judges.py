@@ -1,0 +1,260 @@
+"""Judge robustness and throughput.
+
+    python benchmarks/bench_judges.py [--faults-rows 500] [--api-rows 48] [--verifier-rows 1000]
+                                      [--skip-server] [--out runs/bench_judges.json]
+
+1. Faults: ``--faults-rows`` API judgements against a local misbehaving server (the test suite's
+   ``tests/judges/fault_server.py``) where 20% of requests fail: 429 with Retry-After, 500, a hang
+   past the 1 s timeout, a non-JSON body, a cut connection, a malformed answer. Reports crashes,
+   rows lost, rows flagged, calls made, wall time.
+2. Concurrency: the API judge at concurrency 16 vs 1 against ``vllm serve`` with a tiny random
+   Llama (SmolLM2 tokenizer) on loopback, no cache, 32 new tokens per answer, no re-asks.
+3. Verifier: rows/s over the built-in arithmetic prompts with synthetic answers in several formats
+   (right and wrong, plain, "The answer is", boxed, LaTeX fractions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "judges"))
+
+from judges.base import build  # noqa: E402
+from judges.config import judge_settings  # noqa: E402
+
+KEY_ENV = "SELFCORRECT_BENCH_KEY"
+
+
+def api_rows(n: int) -> list[dict]:
+    return [
+        {
+            "prompt_id": f"p{i}",
+            "sample_idx": 0,
+            "task": "math",
+            "reference": str(2 * i),
+            "messages": [{"role": "user", "content": f"What is {i} + {i}?"}],
+            "attempt1": f"{i} + {i} = {2 * i + i % 2}",
+            "attempt2": None,
+        }
+        for i in range(n)
+    ]
+
+
+def bench_faults(n: int) -> dict:
+    from fault_server import FaultServer
+
+    with FaultServer(fault_rate=0.2, seed=7, hang_s=1.5) as server:
+        judge = build(
+            "openai",
+            judge_settings(
+                "openai",
+                {
+                    "base_url": server.base_url,
+                    "model": "judge",
+                    "api_key_env": KEY_ENV,
+                    "timeout_s": 1.0,
+                    "concurrency": 16,
+                    "max_retries": 5,
+                    "backoff_s": 0.05,
+                    "max_backoff_s": 0.5,
+                },
+            ),
+        )
+        start = time.perf_counter()
+        crashed = ""
+        try:
+            results = judge.judge(api_rows(n))
+        except Exception as e:  # counted, not hidden: the benchmark's point
+            results, crashed = [], f"{type(e).__name__}: {e}"
+        seconds = time.perf_counter() - start
+    return {
+        "rows": n,
+        "crashes": int(bool(crashed)),
+        "crash": crashed,
+        "rows_lost": n - len(results),
+        "rows_scored": sum(1 for r in results if r.score1 is not None and not r.error),
+        "rows_flagged": sum(1 for r in results if r.error),
+        "calls": judge.stats.calls,
+        "server_requests": server.requests,
+        "injected": {k: v for k, v in server.faults.items() if k != "ok"},
+        "retries": judge.stats.retries,
+        "seconds": round(seconds, 2),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_concurrency(n: int) -> dict:
+    from conftest import build_tiny_llama
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-judges-"))
+    model = build_tiny_llama(tmp / "tiny")
+    port = _free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    log = open(tmp / "server.log", "wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--max-model-len",
+            "1024",
+            "--served-model-name",
+            "tiny",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"vllm serve failed; see {tmp / 'server.log'}")
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        out = {}
+        rows = api_rows(n)
+        build(
+            "openai",
+            judge_settings(
+                "openai",
+                {"base_url": url, "model": "tiny", "api_key_env": KEY_ENV, "max_tokens": 8, "max_reasks": 0},
+            ),
+        ).judge(rows[:2])  # warm-up
+        for concurrency in (1, 16):
+            judge = build(
+                "openai",
+                judge_settings(
+                    "openai",
+                    {
+                        "base_url": url,
+                        "model": "tiny",
+                        "api_key_env": KEY_ENV,
+                        "max_tokens": 32,
+                        "max_reasks": 0,
+                        "concurrency": concurrency,
+                        "timeout_s": 120,
+                    },
+                ),
+            )
+            start = time.perf_counter()
+            results = judge.judge(rows)
+            seconds = time.perf_counter() - start
+            out[f"c{concurrency}"] = {
+                "rows": len(results),
+                "calls": judge.stats.calls,
+                "seconds": round(seconds, 2),
+                "rows_per_s": round(n / seconds, 2),
+                "completion_tokens": judge.stats.completion_tokens,
+            }
+        out["speedup_c16_over_c1"] = round(out["c16"]["rows_per_s"] / out["c1"]["rows_per_s"], 2)
+        return out
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def verifier_rows(n: int) -> list[dict]:
+    from datagen.config import PromptsConfig
+    from datagen.prompts import load_prompts
+
+    prompts = load_prompts(PromptsConfig(builtin="arithmetic", size=n))
+    rng = random.Random(0)
+    rows = []
+    for i, p in enumerate(prompts[:n]):
+        ref = p.reference
+        value = ref if rng.random() < 0.5 else ref + "1"  # "84" -> "841", "67/2" -> "67/21": wrong
+        num, _, den = value.partition("/")
+        latex = f"\\frac{{{num}}}{{{den or 1}}}"
+        text = [
+            f"Step by step... The answer is {value}.",
+            f"So we get \\boxed{{{value}}}",
+            value,
+            f"Result: ${latex}$.",
+        ][i % 4]
+        rows.append(
+            {
+                "prompt_id": p.prompt_id,
+                "sample_idx": 0,
+                "task": "math",
+                "reference": ref,
+                "attempt1": text,
+                "attempt2": None,
+                "metadata": "{}",
+            }
+        )
+    return rows
+
+
+def bench_verifier(n: int) -> dict:
+    rows = verifier_rows(n)
+    judge = build("verifier", judge_settings("verifier", {}))
+    start = time.perf_counter()
+    results = judge.judge(rows)
+    seconds = time.perf_counter() - start
+    return {
+        "rows": len(rows),
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(len(rows) / seconds, 1),
+        "right": sum(1 for r in results if r.score1 == 1.0),
+        "flagged": sum(1 for r in results if r.error),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--faults-rows", type=int, default=500)
+    ap.add_argument("--api-rows", type=int, default=48)
+    ap.add_argument("--verifier-rows", type=int, default=1000)
+    ap.add_argument("--skip-server", action="store_true", help="skip the vllm serve concurrency part")
+    ap.add_argument("--out", default="runs/bench_judges.json")
+    args = ap.parse_args()
+    os.environ.setdefault(KEY_ENV, "bench-key")
+    report = {"verifier": bench_verifier(args.verifier_rows), "faults": bench_faults(args.faults_rows)}
+    print(json.dumps(report, indent=2), flush=True)
+    if not args.skip_server:
+        report["concurrency"] = bench_concurrency(args.api_rows)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""The judge stage: ``RUN_DIR/generate/`` samples in, the same rows plus judge columns out.
+
+Each generate shard becomes the judge shard of the same number (``judge/part-NNNNN.parquet``),
+written atomically, so a killed stage resumes with every row once. All samples of a prompt share a
+generate shard, so pairwise and near-duplicate judgements stay within one task. Every judge the
+config names runs in the same actor (models are loaded once per actor); each writes its own
+``NAME_*`` columns (see ``datagen.records``). API judges cache their answers under
+``RUN_DIR/judge_cache/NAME``, outside the stage directory, so even ``--overwrite`` reruns for free.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datagen.config import EngineConfig
+from datagen.engine import engine_env, engine_kwargs
+from datagen.models import resolve_model
+from datagen.pipeline import run_shard_stage
+from datagen.records import judge_column
+from datagen.shards import StageDir, StageInputError
+from judges.base import JudgeResult, build
+from judges.config import JudgeSettings, judge_settings
+
+COLUMN_TYPES = {
+    "score1": pa.float64(),
+    "score2": pa.float64(),
+    "pref": pa.int8(),
+    "dup": pa.bool_(),
+    "raw": pa.string(),
+    "error": pa.string(),
+}
+# Settings that change how fast or where a judge runs, not what it says: left out of the fingerprint.
+PLACEMENT_KEYS = {
+    "batch_size",
+    "concurrency",
+    "requests_per_min",
+    "tokens_per_min",
+    "cache_dir",
+    "num_gpus",
+    "engine",
+    "code_workers",
+    "timeout_s",
+    "max_retries",
+    "backoff_s",
+    "max_backoff_s",
+}
+
+
+class JudgeStageError(StageInputError):
+    pass
+
+
+@dataclass
+class JudgePlan:
+    judges: dict[str, JudgeSettings]
+    inputs: StageDir
+    fingerprint: dict[str, Any]
+    num_gpus: float
+    env_vars: dict[str, str]
+
+
+def plan_judge(
+    judges: dict[str, JudgeSettings],
+    run_dir: str | Path,
+    model: str,
+    model_cache: str,
+    engine: EngineConfig,
+    seed: int,
+) -> JudgePlan:
+    """Check the judge settings and the generate output, and fill in run-dependent defaults."""
+    if not judges:
+        raise JudgeStageError("no judges configured: add a 'judges:' section (e.g. judges.verifier={})")
+    inputs = StageDir(Path(run_dir).expanduser() / "generate")
+    if not inputs.done():
+        raise JudgeStageError(f"{inputs.path} is not complete: run the generate stage first")
+    filled: dict[str, JudgeSettings] = {}
+    env: dict[str, str] = {}
+    num_gpus = 0.0
+    for name, settings in judges.items():
+        update: dict[str, Any] = {}
+        if settings.type == "openai" and settings.cache_dir is None:
+            update["cache_dir"] = str(Path(run_dir).expanduser() / "judge_cache" / name)
+        if settings.type == "self_critic":
+            path = settings.model or resolve_model(model, model_cache)
+            kwargs = engine_kwargs(engine, path, seed)
+            update.update(
+                model=kwargs.pop("model"),
+                engine={**kwargs, **settings.engine},
+                num_gpus=settings.num_gpus or engine.num_gpus,
+            )
+            env.update(engine_env(engine))
+        settings = settings.model_copy(update=update) if update else settings
+        filled[name] = judge_settings(name, settings.model_dump())  # re-validated after the update
+        num_gpus = max(num_gpus, float(getattr(filled[name], "num_gpus", 0) or 0))
+    fingerprint = {
+        "generate": json.loads((inputs.path / "_stage.json").read_text()),
+        "judges": {n: s.model_dump(exclude=PLACEMENT_KEYS) for n, s in filled.items()},
+    }
+    return JudgePlan(filled, inputs, json.loads(json.dumps(fingerprint)), num_gpus, env)
+
+
+def prompt_batches(rows: list[dict[str, Any]], size: int) -> list[list[int]]:
+    """Row indices in batches of about ``size`` that never split a prompt's samples.
+
+    >>> prompt_batches([{"prompt_id": p} for p in "aabbbc"], 3)
+    [[0, 1], [2, 3, 4], [5]]
+    """
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row["prompt_id"], []).append(i)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for members in groups.values():
+        if current and len(current) + len(members) > size:
+            batches.append(current)
+            current = []
+        current.extend(members)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class _JudgeMetrics:
+    """Ray metrics per judge: calls, latency, errors, cache hits, mean score of the last shard."""
+
+    def __init__(self):
+        from ray.util.metrics import Counter, Gauge, Histogram
+
+        keys = ("judge",)
+        self.calls = Counter("selfcorrect_judge_calls", "model/API calls made by judges", tag_keys=keys)
+        self.rows = Counter("selfcorrect_judge_rows", "rows judged", tag_keys=keys)
+        self.errors = Counter(
+            "selfcorrect_judge_errors", "rows a judge flagged instead of scoring", tag_keys=keys
+        )
+        self.hits = Counter(
+            "selfcorrect_judge_cache_hits", "API answers served from the cache", tag_keys=keys
+        )
+        self.latency = Histogram(
+            "selfcorrect_judge_latency_s",
+            "seconds per API call",
+            boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
+            tag_keys=keys,
+        )
+        self.mean = Gauge("selfcorrect_judge_mean_score", "mean score of the last shard", tag_keys=keys)
+
+    def record(self, name: str, stats: dict[str, Any]) -> None:
+        tags = {"judge": name}
+        for counter, value in (
+            (self.calls, stats["calls"]),
+            (self.rows, stats["rows"]),
+            (self.errors, stats["errors"]),
+            (self.hits, stats["cache_hits"]),
+        ):
+            if value:
+                counter.inc(value, tags=tags)
+        for seconds in stats["latencies"]:
+            self.latency.observe(seconds, tags=tags)
+        if stats["scores"]:
+            self.mean.set(fmean(stats["scores"]), tags=tags)
+
+
+class JudgeWorker:
+    """One per actor: builds every judge once, then turns a generate shard into a judge shard."""
+
+    def __init__(self, judges: dict[str, dict[str, Any]]):
+        self.judges = {name: build(name, judge_settings(name, raw)) for name, raw in judges.items()}
+        self.metrics = None
+        try:
+            import ray
+
+            if ray.is_initialized():
+                self.metrics = _JudgeMetrics()
+        except ImportError:
+            pass
+
+    def __call__(self, task: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
+        table = pq.read_table(task["path"])
+        return self.judge_table(table)
+
+    def judge_table(self, table: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
+        rows = table.to_pylist()
+        stats: dict[str, Any] = {}
+        for name, judge in self.judges.items():
+            started = time.perf_counter()
+            results: list[JudgeResult | None] = [None] * len(rows)
+            for batch in prompt_batches(rows, judge.settings.batch_size):
+                for i, res in zip(batch, judge.judge([rows[i] for i in batch]), strict=True):
+                    results[i] = res
+            for suffix in judge.suffixes:
+                column = pa.array([getattr(r, suffix) for r in results], type=COLUMN_TYPES[suffix])
+                table = table.append_column(judge_column(name, suffix), column)
+            taken = judge.stats.take()
+            if self.metrics is not None:
+                self.metrics.record(name, taken)
+            latencies = taken.pop("latencies")
+            scores = taken.pop("scores")
+            stats[name] = {
+                **taken,
+                "seconds": time.perf_counter() - started,
+                "latency_sum": sum(latencies),
+                "latency_n": len(latencies),
+                "score_sum": sum(scores),
+                "score_n": len(scores),
+            }
+        return table, stats
+
+
+def run_judge(plan: JudgePlan, out: StageDir, overwrite: bool = False) -> dict[str, Any]:
+    """Judge every pending generate shard, check that every row is there once, mark the stage done."""
+    out.start(plan.fingerprint, overwrite=overwrite)
+    done = out.completed_shards()
+    shards = sorted(plan.inputs.completed_shards())
+    tasks = [
+        {"shard": i, "path": str(plan.inputs.path / f"part-{i:05d}.parquet")} for i in shards if i not in done
+    ]
+    started = time.perf_counter()
+    manifest = run_shard_stage(
+        out,
+        tasks,
+        JudgeWorker,
+        {"judges": {n: s.model_dump() for n, s in plan.judges.items()}},
+        min_actors=1,
+        max_actors=1,
+        num_cpus=1,
+        num_gpus=plan.num_gpus,
+        env_vars=plan.env_vars or None,
+        desc="judge",
+    )
+    expected = plan.inputs.read(columns=["prompt_id", "sample_idx"])
+    got = out.read(columns=["prompt_id", "sample_idx"])
+    keys = set(zip(got["prompt_id"].to_pylist(), got["sample_idx"].to_pylist(), strict=True))
+    if got.num_rows != expected.num_rows or len(keys) != got.num_rows:
+        raise RuntimeError(
+            f"{out.path}: expected {expected.num_rows} unique rows, found {got.num_rows} rows "
+            f"with {len(keys)} unique keys"
+        )
+    summary: dict[str, Any] = {
+        "rows": got.num_rows,
+        "shards": len(shards),
+        "shards_this_run": len(manifest),
+        "wall_seconds_this_run": time.perf_counter() - started,
+        "judges": {},
+    }
+    for name in plan.judges:
+        per = [m["stats"][name] for m in manifest]
+        total = {
+            k: sum(p[k] for p in per)
+            for k in (
+                "rows",
+                "errors",
+                "calls",
+                "cache_hits",
+                "prompt_tokens",
+                "completion_tokens",
+                "retries",
+            )
+        }
+        n = sum(p["score_n"] for p in per)
+        total["mean_score_this_run"] = sum(p["score_sum"] for p in per) / n if n else None
+        answered = sum(p["latency_n"] for p in per)
+        total["mean_latency_s"] = sum(p["latency_sum"] for p in per) / answered if answered else None
+        error_col = out.read(columns=[judge_column(name, "error")]).column(0).to_pylist()
+        total["rows_flagged"] = sum(1 for e in error_col if e)
+        summary["judges"][name] = total
+    out.mark_done(summary)
+    return summary

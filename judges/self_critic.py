@@ -1,0 +1,109 @@
+"""In-context self-critic (SIMA): the policy model itself picks the better of two responses.
+
+The model (in vLLM) sees the question, the reference answer, a few worked examples and SIMA's three
+criteria carried over from image description to text answers, and ends with "[[1]]" or "[[2]]".
+The verdict is parsed leniently (``parse_verdict``); an unparseable one gives pref 0 with an
+error, and the row is kept. The pair of each row follows ``judges.base.pairs``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from judges.base import BaseJudge, JudgeResult, pairs, parse_verdict, question_text, register
+
+CRITERIA = """\
+1. Accuracy of the final answer: does the response reach the same result as the reference answer?
+2. Accuracy of each reasoning step: are the steps, calculations and relations between quantities correct?
+3. Relevance and completeness: does the response answer exactly what the question asks, without \
+missing or invented parts?"""
+
+FEW_SHOT = """\
+Example 1
+Question: What is 15 + 27?
+Reference answer: 42
+[Response 1] 15 + 27 = 32. The answer is 32.
+[Response 2] 15 + 20 = 35, and 35 + 7 = 42. The answer is 42.
+Judgement: Response 2 reaches the reference answer with correct steps; Response 1 adds wrongly. [[2]]
+
+Example 2
+Question: A box holds 6 eggs. How many eggs are in 4 boxes?
+Reference answer: 24
+[Response 1] 4 boxes with 6 eggs each: 4 * 6 = 24 eggs.
+[Response 2] 6 + 4 = 10 eggs.
+Judgement: Response 1 uses the right relation (multiplication) and gets 24; Response 2 adds instead. [[1]]
+"""
+
+PROMPT = """\
+You are judging two responses to a question, using the reference answer.
+Criteria, in order of importance:
+{criteria}
+
+{few_shot}Now judge:
+Question: {question}
+Reference answer: {reference}
+[Response 1] {first}
+[Response 2] {second}
+Give a one-sentence judgement, then end with [[1]] if Response 1 is better, [[2]] if Response 2 is."""
+
+
+def critic_prompt(
+    question: str, reference: str | None, first: str, second: str, few_shot: bool = True
+) -> str:
+    """The self-critic's user message for one pair."""
+    return PROMPT.format(
+        criteria=CRITERIA,
+        few_shot=(FEW_SHOT + "\n") if few_shot else "",
+        question=question,
+        reference=reference or "(none given)",
+        first=first,
+        second=second,
+    )
+
+
+@register("self_critic")
+class SelfCriticJudge(BaseJudge):
+    suffixes = ("pref", "raw", "error")
+
+    def __init__(self, name: str, settings: Any):
+        super().__init__(name, settings)
+        if not settings.model:
+            raise ValueError(
+                f"judges.{name}.model is not set (the judge stage sets it to the config's model)"
+            )
+        from vllm import LLM, SamplingParams
+
+        self.llm = LLM(model=settings.model, **settings.engine)
+        self.sampling = SamplingParams(
+            temperature=settings.temperature, max_tokens=settings.max_tokens, seed=0
+        )
+
+    def generate(self, conversations: list[list[dict[str, str]]]) -> list[str]:
+        outputs = self.llm.chat(conversations, self.sampling, use_tqdm=False)
+        return [o.outputs[0].text for o in outputs]
+
+    def judge(self, rows: list[dict[str, Any]]) -> list[JudgeResult]:
+        results = [JudgeResult() for _ in rows]
+        asks, where = [], []
+        for i, (row, pair) in enumerate(zip(rows, pairs(rows), strict=True)):
+            if pair is None:
+                continue
+            text = critic_prompt(
+                question_text(row), row.get("reference"), *pair, few_shot=self.settings.few_shot
+            )
+            asks.append([{"role": "user", "content": text}])
+            where.append(i)
+        if asks:
+            self.stats.calls += len(asks)
+            for i, text in zip(where, self.generate(asks), strict=True):
+                verdict = parse_verdict(text)
+                results[i].raw = text
+                if verdict is None:
+                    results[i].pref = 0
+                    results[i].flag("no verdict in the critic's answer")
+                else:
+                    results[i].pref = verdict
+        return self._account(results)
+
+    def close(self) -> None:
+        del self.llm

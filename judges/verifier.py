@@ -1,0 +1,179 @@
+"""Ground-truth verifier: the 0/1 reward of SCoRe and the correctness flip of SCL.
+
+Math rows: the final answer is extracted from the response (``\\boxed{}``, ``## A ##``, "The
+answer is ...", else the last number) and compared with the reference by ``math-verify``
+(integers, decimals, fractions, LaTeX). Code rows: the HumanEval-style tests run in a sandboxed
+process (``judges.code_sandbox``). A response with no final answer scores 0.0 (the model failed);
+a row the verifier cannot judge (no reference, no tests, an unknown task) gets no score and an error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from judges.base import BaseJudge, JudgeResult, dumps, register
+from judges.code_sandbox import SandboxLimits, run_humaneval
+
+_NUMBER = r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+"
+_ANSWER_IS = re.compile(
+    r"(?:final answer|the answer|answer)\s*(?:is|:|=)\s*[:\s]*\$*\s*(.+?)\s*\$*\s*(?:\.\s|\.$|\n|$)",
+    re.IGNORECASE,
+)
+_HASHES = re.compile(r"##\s*(.+?)\s*##")
+_INLINE_MATH = re.compile(r"\$([^$]+)\$|\\\((.+?)\\\)")
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = text.index("{", start) + 1
+    depth, j = 1, i
+    while j < len(text) and depth:
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        j += 1
+    return text[i : j - 1].strip() if depth == 0 else None
+
+
+def extract_answer(text: str | None) -> str | None:
+    """The final answer a response gives, as a string, or None when it gives none.
+
+    Tried in order, each taking the last match: ``\\boxed{...}``, ``## A ##`` (SCL's format),
+    "The answer is A" / "Answer: A", a closing inline formula (``$...$``), and finally the last
+    number in the text.
+
+    >>> extract_answer("so it is \\\\boxed{\\\\frac{1}{2}}.")
+    '\\\\frac{1}{2}'
+    >>> extract_answer("12*7 = 84. The answer is 84.")
+    '84'
+    >>> extract_answer("no idea") is None
+    True
+    """
+    if not text:
+        return None
+    boxed = _last_boxed(text)
+    if boxed:
+        return boxed
+    hashed = _HASHES.findall(text)
+    if hashed:
+        return hashed[-1]
+    said = _ANSWER_IS.findall(text)
+    if said:
+        answer = said[-1].strip().rstrip(".").strip()
+        if answer:
+            return answer
+    math = [a or b for a, b in _INLINE_MATH.findall(text)]
+    if math and re.search(r"\d", math[-1]):
+        # The last formula, when it is the last thing with a number in it ("... $\frac{3}{4}$.").
+        tail = text[text.rfind(math[-1]) + len(math[-1]) :]
+        if not re.search(r"\d", tail):
+            return math[-1].strip()
+    numbers = re.findall(_NUMBER, text)
+    return numbers[-1].replace(",", "") if numbers else None
+
+
+def answers_match(answer: str, reference: str, timeout_s: int | None = 5) -> bool:
+    """Whether two answer strings are mathematically equal (``math-verify``; exact text as a fallback).
+
+    Both sides are parsed as LaTeX/expressions inside ``$...$`` so bare ``\\frac34``, ``3/4``,
+    ``0.75`` and ``1,000`` all parse. The signal-based timeout only works on the main thread; on
+    other threads it is off.
+    """
+    from math_verify import parse, verify
+
+    if threading.current_thread() is not threading.main_thread():
+        timeout_s = None
+
+    def _parse(s: str):
+        s = s.strip()
+        parsed = parse(s if "$" in s else f"${s}$", parsing_timeout=timeout_s)
+        return parsed or parse(s, parsing_timeout=timeout_s)
+
+    gold, pred = _parse(reference), _parse(answer)
+    if gold and pred and verify(gold, pred, timeout_seconds=timeout_s):
+        return True
+    norm = lambda s: re.sub(r"\s+", "", s).strip("$.").lower()  # noqa: E731
+    return norm(answer) == norm(reference)
+
+
+def check_math(response: str | None, reference: str, timeout_s: int | None = 5) -> tuple[float, str | None]:
+    """Score a math response against the reference: (1.0 or 0.0, the extracted answer)."""
+    ref = extract_answer(reference) if ("\\boxed" in reference or "##" in reference) else reference
+    answer = extract_answer(response)
+    if answer is None:
+        return 0.0, None
+    return (1.0 if answers_match(answer, ref or reference, timeout_s) else 0.0), answer
+
+
+@register("verifier")
+class Verifier(BaseJudge):
+    """Scores attempt 1 and attempt 2 of math and code rows against their ground truth."""
+
+    def __init__(self, name: str, settings: Any):
+        super().__init__(name, settings)
+        self.limits = SandboxLimits(
+            timeout_s=settings.code_timeout_s,
+            memory_mb=settings.code_memory_mb,
+            max_procs=settings.code_max_procs,
+            python=settings.code_python,
+        )
+
+    def judge(self, rows: list[dict[str, Any]]) -> list[JudgeResult]:
+        results = [JudgeResult() for _ in rows]
+        code_jobs = []
+        for row, res in zip(rows, results, strict=True):
+            task = row.get("task")
+            if task == "math":
+                self._math(row, res)
+            elif task == "code":
+                code_jobs.append((row, res))
+            else:
+                res.flag(f"no verifier for task {task!r}")
+        if code_jobs:
+            with ThreadPoolExecutor(self.settings.code_workers) as pool:
+                list(pool.map(lambda job: self._code(*job), code_jobs))
+        return self._account(results)
+
+    def _math(self, row: dict[str, Any], res: JudgeResult) -> None:
+        reference = row.get("reference")
+        if not reference:
+            res.flag("no reference answer")
+            return
+        raw: dict[str, Any] = {"reference": reference}
+        for slot in ("1", "2"):
+            text = row.get(f"attempt{slot}")
+            if text is None:
+                continue
+            try:
+                score, answer = check_math(text, reference, self.settings.math_timeout_s)
+            except Exception as e:  # sympy can fail on odd input; the row is flagged, not lost
+                res.flag(f"attempt{slot}: cannot compare answers: {type(e).__name__}: {e}")
+                continue
+            setattr(res, f"score{slot}", score)
+            raw[f"answer{slot}"] = answer
+        res.raw = dumps(raw)
+
+    def _code(self, row: dict[str, Any], res: JudgeResult) -> None:
+        try:
+            meta = json.loads(row.get("metadata") or "{}")
+        except json.JSONDecodeError:
+            meta = {}
+        test, entry = meta.get("test"), meta.get("entry_point")
+        if not test or not entry:
+            res.flag("code row has no test/entry_point in metadata")
+            return
+        prompt = meta.get("prompt", "")
+        raw = {}
+        for slot in ("1", "2"):
+            text = row.get(f"attempt{slot}")
+            if text is None:
+                continue
+            outcome = run_humaneval(prompt, text, test, entry, self.limits)
+            setattr(res, f"score{slot}", 1.0 if outcome.passed else 0.0)
+            raw[f"attempt{slot}"] = outcome.summary()
+        res.raw = dumps(raw)

@@ -1,0 +1,359 @@
+"""Training sets from judged rows: preference pairs and SFT chains, one builder per method.
+
+Every builder is a pure function of the judged rows (plain dicts with the sample and judge columns
+of ``datagen.records``) and the build config. It returns the examples and, for every row it did
+not use, the reason, so a run can say why it trained on fewer pairs than it generated.
+
+Pairs are conversational as TRL's ``DPOTrainer`` loads them: ``prompt`` is the original chat,
+``chosen``/``rejected`` are one assistant message each. SFT examples are ``messages``. Each example
+also carries ``prompt_id``, a ``group`` (the pairs that must share an optimizer step) and a unique
+``pair_id``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from datagen.records import MESSAGES
+from rl.config import BuildConfig
+
+Row = dict[str, Any]
+
+PAIR_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("group", pa.string()),
+        ("prompt", MESSAGES),
+        ("chosen", MESSAGES),
+        ("rejected", MESSAGES),
+        ("chosen_source", pa.string()),
+        ("rejected_source", pa.string()),
+    ]
+)
+SFT_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("group", pa.string()),
+        ("messages", MESSAGES),
+    ]
+)
+
+
+@dataclass
+class BuildResult:
+    kind: Literal["pairs", "sft"]
+    examples: list[Row]
+    dropped: Counter = field(default_factory=Counter)  # rows not used, by reason
+    notes: Counter = field(default_factory=Counter)  # events worth counting that drop nothing
+
+    def table(self) -> pa.Table:
+        schema = PAIR_SCHEMA if self.kind == "pairs" else SFT_SCHEMA
+        return pa.Table.from_pylist(self.examples, schema=schema)
+
+
+Builder = Callable[[list[Row], BuildConfig], BuildResult]
+
+
+def _assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _pair(row: Row, pair_id: str, chosen: str, rejected: str, chosen_src: str, rejected_src: str) -> Row:
+    return {
+        "pair_id": pair_id,
+        "prompt_id": row["prompt_id"],
+        "group": row["prompt_id"],
+        "prompt": [dict(m) for m in row["messages"]],
+        "chosen": _assistant(chosen),
+        "rejected": _assistant(rejected),
+        "chosen_source": chosen_src,
+        "rejected_source": rejected_src,
+    }
+
+
+def _error(row: Row, judge: str) -> bool:
+    return bool(row.get(f"{judge}_error"))
+
+
+def _by_prompt(rows: Iterable[Row]) -> dict[str, list[Row]]:
+    groups: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[row["prompt_id"]].append(row)
+    for members in groups.values():
+        members.sort(key=lambda r: r["sample_idx"])
+    return dict(sorted(groups.items()))
+
+
+def require_columns(columns: Iterable[str], needed: Iterable[str], builder: str) -> None:
+    """Fail with the missing column names (and the judges present) rather than on a KeyError later."""
+    have = set(columns)
+    missing = [c for c in needed if c not in have]
+    if missing:
+        judges = sorted({c.rsplit("_", 1)[0] for c in have if c.endswith("_error")})
+        raise ValueError(
+            f"builder {builder!r} needs the columns {missing}; the judged rows have judges {judges} "
+            "(set build.judge to one of them)"
+        )
+
+
+# --- SCL: correctness flips between attempts ---------------------------------------------------
+
+
+def build_scl(rows: list[Row], cfg: BuildConfig) -> BuildResult:
+    """Keep samples whose verifier verdict flips between attempt 1 and attempt 2.
+
+    The correct attempt is ``chosen`` and the wrong one ``rejected`` (SCL, He et al. 2024), both as
+    answers to the original prompt.
+    """
+    judge = cfg.judge or "verifier"
+    out = BuildResult("pairs", [])
+    for row in rows:
+        s1, s2 = row.get(f"{judge}_score1"), row.get(f"{judge}_score2")
+        if not row.get("attempt2"):
+            out.dropped["no_attempt2"] += 1
+        elif _error(row, judge):
+            out.dropped["judge_error"] += 1
+        elif s1 is None or s2 is None:
+            out.dropped["not_scored"] += 1
+        elif (s1 >= 0.5) == (s2 >= 0.5):
+            out.dropped["both_correct" if s1 >= 0.5 else "both_wrong"] += 1
+        else:
+            good, bad = ("attempt1", "attempt2") if s1 >= 0.5 else ("attempt2", "attempt1")
+            pid = f"{row['prompt_id']}:{row['sample_idx']}"
+            out.examples.append(_pair(row, pid, row[good], row[bad], good, bad))
+    return out
+
+
+# --- Self-Contrast: the reference against many dissimilar negatives -----------------------------
+
+
+def build_self_contrast(rows: list[Row], cfg: BuildConfig) -> BuildResult:
+    """Reference as ``chosen`` against the k least similar sampled responses (Self-Contrast).
+
+    Per prompt: drop near-duplicates (the embedding judge's ``_dup``), then the
+    ``drop_similar_fraction`` of the remaining responses most similar to the reference (``_score1``
+    is the cosine to the reference), then take the ``negatives`` least similar, least similar first.
+    """
+    judge = cfg.judge or "embedding"
+    out = BuildResult("pairs", [])
+    for prompt_id, members in _by_prompt(rows).items():
+        reference = members[0].get("reference")
+        if not reference:
+            out.dropped["no_reference"] += len(members)
+            continue
+        kept: list[Row] = []
+        for row in members:
+            if not (row.get("attempt1") or "").strip():
+                out.dropped["empty_response"] += 1
+            elif _error(row, judge) or row.get(f"{judge}_score1") is None:
+                out.dropped["judge_error"] += 1
+            elif row.get(f"{judge}_dup"):
+                out.dropped["near_duplicate"] += 1
+            elif row["attempt1"].strip() == reference.strip():
+                out.dropped["equals_reference"] += 1
+            else:
+                kept.append(row)
+        kept.sort(key=lambda r: (r[f"{judge}_score1"], r["sample_idx"]))  # least similar first
+        n_similar = round(len(kept) * cfg.drop_similar_fraction)
+        if n_similar:
+            out.dropped["too_similar"] += n_similar
+            kept = kept[: len(kept) - n_similar]
+        chosen_, rest = kept[: cfg.negatives], kept[cfg.negatives :]
+        out.dropped["beyond_k"] += len(rest)
+        for row in chosen_:
+            pid = f"{prompt_id}:{row['sample_idx']}"
+            out.examples.append(_pair(row, pid, reference, row["attempt1"], "reference", "attempt1"))
+    return out
+
+
+# --- SIMA: the model's own pick ----------------------------------------------------------------
+
+
+def build_sima(rows: list[Row], cfg: BuildConfig) -> BuildResult:
+    """The self-critic's pick is ``chosen`` (SIMA).
+
+    ``_pref`` 1 means the first response of the pair, 2 the second. The pair is (attempt1, attempt2)
+    on rows that have an attempt 2, else (sample 0's attempt1, this row's attempt1).
+    """
+    judge = cfg.judge or "self_critic"
+    out = BuildResult("pairs", [])
+    for prompt_id, members in _by_prompt(rows).items():
+        greedy = next((r for r in members if r["sample_idx"] == 0), None)
+        for row in members:
+            if row.get("attempt2"):
+                first, second, src = row["attempt1"], row["attempt2"], ("attempt1", "attempt2")
+            elif row["sample_idx"] == 0:
+                out.dropped["greedy_row"] += 1
+                continue
+            elif greedy is None:
+                out.dropped["no_greedy_sample"] += 1
+                continue
+            else:
+                first, second, src = greedy["attempt1"], row["attempt1"], ("sample0.attempt1", "attempt1")
+            pref = row.get(f"{judge}_pref")
+            if _error(row, judge) or pref is None:
+                out.dropped["judge_error"] += 1
+            elif pref == 0:
+                out.dropped["tie"] += 1
+            elif (first or "").strip() == (second or "").strip():
+                out.dropped["identical"] += 1
+            else:
+                chosen, rejected = (first, second) if pref == 1 else (second, first)
+                c_src, r_src = src if pref == 1 else src[::-1]
+                pid = f"{prompt_id}:{row['sample_idx']}"
+                out.examples.append(_pair(row, pid, chosen, rejected, c_src, r_src))
+    return out
+
+
+# --- SelFee: answer, feedback, revision chains ---------------------------------------------------
+
+NEEDED, NOT_NEEDED = "Revision is needed.", "Revision is not needed."
+
+
+def selfee_chain(answer: str, feedbacks: list[str], revisions: list[str]) -> str:
+    """One SelFee completion: the answer, then each feedback and the revision it asked for.
+
+        {answer}\n\n### Feedback 1:\n{feedback} Revision is needed.\n\n### Revision 1:\n{revision} ...
+
+    A feedback that does not end with a verdict gets one: "needed" when a revision follows it.
+    """
+    parts = [answer.strip()]
+    for i, feedback in enumerate(feedbacks):
+        text = feedback.strip()
+        if not text.rstrip(".").endswith(("Revision is needed", "Revision is not needed")):
+            text = f"{text} {NEEDED if i < len(revisions) else NOT_NEEDED}".strip()
+        parts.append(f"### Feedback {i + 1}:\n{text}")
+        if i < len(revisions):
+            parts.append(f"### Revision {i + 1}:\n{revisions[i].strip()}")
+    return "\n\n".join(parts)
+
+
+def build_selfee(rows: list[Row], cfg: BuildConfig) -> BuildResult:
+    """SFT examples of the whole answer -> feedback -> revision chain (SelFee, Ye et al. 2023)."""
+    out = BuildResult("sft", [])
+    for row in rows:
+        feedbacks = list(row.get("feedbacks") or [])
+        revisions = list(row.get("revisions") or [])
+        if not (row.get("attempt1") or "").strip():
+            out.dropped["empty_answer"] += 1
+        elif not feedbacks:
+            out.dropped["no_feedback"] += 1
+        elif len(revisions) > len(feedbacks):
+            out.dropped["revision_without_feedback"] += 1
+        elif cfg.selfee_only_revised and not revisions:
+            out.dropped["not_revised"] += 1
+        elif cfg.judge and (_error(row, cfg.judge) or not _final_correct(row, cfg.judge)):
+            out.dropped["final_not_correct"] += 1
+        else:
+            chain = selfee_chain(row["attempt1"], feedbacks, revisions)
+            out.examples.append(
+                {
+                    "pair_id": f"{row['prompt_id']}:{row['sample_idx']}",
+                    "prompt_id": row["prompt_id"],
+                    "group": row["prompt_id"],
+                    "messages": [dict(m) for m in row["messages"]] + _assistant(chain),
+                }
+            )
+    return out
+
+
+def _final_correct(row: Row, judge: str) -> bool:
+    score = row.get(f"{judge}_score2")
+    if score is None:
+        score = row.get(f"{judge}_score1")
+    return score is not None and score >= 0.5
+
+
+# --- best vs worst by any scalar judge ------------------------------------------------------------
+
+
+def _scored_response(row: Row, judge: str, which: str) -> tuple[str | None, float | None, str]:
+    if which == "attempt2" or (which == "last" and row.get("attempt2")):
+        return row.get("attempt2"), row.get(f"{judge}_score2"), "attempt2"
+    return row.get("attempt1"), row.get(f"{judge}_score1"), "attempt1"
+
+
+def build_best_vs_worst(rows: list[Row], cfg: BuildConfig) -> BuildResult:
+    """Per prompt, the best-scored response is ``chosen`` and the worst ``rejected``.
+
+    Rows the judge could not score are dropped (counted); among equal scores the lowest
+    ``sample_idx`` wins, so the output does not depend on row order.
+    """
+    judge = cfg.judge or "reward"
+    out = BuildResult("pairs", [])
+    for prompt_id, members in _by_prompt(rows).items():
+        scored = []
+        for row in members:
+            text, score, src = _scored_response(row, judge, cfg.score_attempt)
+            if not (text or "").strip():
+                out.dropped["empty_response"] += 1
+            elif _error(row, judge) or score is None:
+                out.dropped["judge_error"] += 1
+            else:
+                scored.append((score, row, text, src))
+        if len(scored) < 2:
+            out.dropped["too_few_scored"] += len(scored)
+            continue
+        best = max(scored, key=lambda s: (s[0], -s[1]["sample_idx"]))
+        worst = min(scored, key=lambda s: (s[0], s[1]["sample_idx"]))
+        if best[0] == worst[0]:
+            out.dropped["all_tied"] += len(scored)
+        elif best[0] - worst[0] <= cfg.min_margin:
+            out.dropped["small_margin"] += len(scored)
+        elif best[2].strip() == worst[2].strip():
+            out.dropped["identical"] += len(scored)
+        else:
+            out.dropped["not_extreme"] += len(scored) - 2
+            ties = sum(1 for s in scored if s[0] == best[0]) - 1
+            if ties:
+                out.notes["best_tie_broken"] += 1
+            if sum(1 for s in scored if s[0] == worst[0]) > 1:
+                out.notes["worst_tie_broken"] += 1
+            pid = f"{prompt_id}:{best[1]['sample_idx']}-{worst[1]['sample_idx']}"
+            row = best[1]
+            out.examples.append(
+                _pair(
+                    row,
+                    pid,
+                    best[2],
+                    worst[2],
+                    f"sample{best[1]['sample_idx']}.{best[3]}",
+                    f"sample{worst[1]['sample_idx']}.{worst[3]}",
+                )
+            )
+    return out
+
+
+BUILDERS: dict[str, Builder] = {
+    "scl": build_scl,
+    "self_contrast": build_self_contrast,
+    "sima": build_sima,
+    "selfee": build_selfee,
+    "best_vs_worst": build_best_vs_worst,
+}
+
+
+def get_builder(name: str) -> Builder:
+    """A builder by registry name, or ``"package.module:Name"`` for a user's own callable."""
+    if name in BUILDERS:
+        return BUILDERS[name]
+    if ":" not in name:
+        raise ValueError(f"unknown builder {name!r}; known: {sorted(BUILDERS)} or 'package.module:Name'")
+    module_name, _, attr = name.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"builder {name!r} cannot be loaded: {e}") from None
+    if isinstance(obj, type):
+        obj = obj()
+    if not callable(obj):
+        raise TypeError(f"builder {name!r} is not callable")
+    return obj

@@ -1,0 +1,99 @@
+"""Typed settings of the build and train stages: every default lives here."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from datagen.config import Strict
+
+
+class BuildConfig(Strict):
+    """Which training set to make from the judged rows, and how."""
+
+    builder: str = Field(
+        "scl",
+        description="scl, self_contrast, sima, selfee, best_vs_worst, or 'package.module:Name' for your own",
+    )
+    judge: str | None = Field(
+        None,
+        description="the judge whose columns the builder reads (default: verifier for scl, embedding for "
+        "self_contrast, self_critic for sima, reward for best_vs_worst; selfee reads none)",
+    )
+    negatives: Literal[1, 2, 4, 8, 16] = Field(4, description="self_contrast: negatives k per prompt")
+    drop_similar_fraction: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="self_contrast: share of responses most similar to the reference dropped",
+    )
+    score_attempt: Literal["attempt1", "attempt2", "last"] = Field(
+        "last", description="best_vs_worst: which attempt of each sample is the response scored"
+    )
+    min_margin: float = Field(
+        0.0, ge=0, description="best_vs_worst: drop prompts whose best-worst gap is not above this"
+    )
+    selfee_only_revised: bool = Field(
+        False, description="selfee: keep only chains with at least one revision"
+    )
+    shard_size: int = Field(4096, ge=1, description="pairs per output Parquet file")
+
+
+class LoraConfig(Strict):
+    enabled: bool = Field(True, description="train a LoRA adapter (False: full fine-tuning)")
+    r: int = Field(8, ge=1, description="rank of the low-rank update")
+    alpha: int = Field(16, ge=1, description="scaling numerator: the update is scaled by alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj"], description="module names that get adapters"
+    )
+
+
+class TrainConfig(Strict):
+    """DPO or SFT on Ray Train."""
+
+    algorithm: Literal["dpo", "sft"] = Field("dpo", description="dpo: preference pairs; sft: messages")
+    lora: LoraConfig = LoraConfig()
+    beta: float = Field(0.1, gt=0, description="DPO: strength of the pull toward the reference model")
+    sft_weight: float = Field(0.0, ge=0, description="DPO: weight of an SFT term on chosen (SCL uses 0.1)")
+    lr: float = Field(5e-5, gt=0, description="peak learning rate")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of steps spent warming up")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, ge=-1, description="optimizer steps; -1: run the epochs")
+    batch_size: int = Field(4, ge=1, description="pairs (or examples) per worker per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    group_pairs: bool = Field(
+        True, description="keep the pairs of one prompt (one group) in the same optimizer step"
+    )
+    max_length: int = Field(1024, ge=16, description="tokens of prompt + completion kept")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPU, fp32 on CPU"
+    )
+    gradient_checkpointing: bool = False
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (one GPU each when use_gpu)")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+    checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in the run dir")
+    max_failures: int = Field(
+        3, ge=-1, description="worker-group restarts before the run fails (-1: no limit)"
+    )
+    log_every: int = Field(10, ge=1)
+    log_samples: bool = Field(False, description="write the ids of the pairs each step trained on")
+    merge: bool = Field(True, description="also save the LoRA adapter merged into the base model")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.algorithm == "sft" and self.sft_weight:
+            raise ValueError("sft_weight only applies to algorithm: dpo")
+        return self
+
+    @property
+    def global_batch(self) -> int:
+        """Pairs per optimizer step over all workers."""
+        return self.batch_size * self.grad_accum * self.num_workers

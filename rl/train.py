@@ -1,0 +1,422 @@
+"""DPO and SFT on Ray Train: TRL's trainers inside a ``TorchTrainer``, with LoRA, checkpoints and resume.
+
+Each Ray Train worker builds TRL's ``DPOTrainer`` or ``SFTTrainer`` over the build stage's Parquet;
+Ray Train sets up the process group (gloo on CPU, NCCL on GPU) and transformers' Trainer trains
+data-parallel over it. Every ``checkpoint_every`` optimizer steps the Trainer saves a checkpoint
+and rank 0 reports it to Ray Train, which keeps it under ``OUT_DIR/ray/``. When a worker dies, Ray
+Train restarts the worker group (``max_failures`` times) and each worker resumes from the last
+reported checkpoint: the Trainer restores model, optimizer, scheduler and step, and skips the
+batches it already trained on. The order of the batches is a pure function of the seed and epoch
+(``GroupedWindowSampler``), so the resumed run sees exactly the data the uninterrupted one would.
+Running the stage again after the driver died resumes the same way (same run name and storage).
+
+At the end rank 0 saves the adapter (``OUT_DIR/adapter``) and a full Hugging Face model folder
+(``OUT_DIR/model``, the adapter merged in) that the generate stage loads as its ``model``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Sampler
+
+from datagen.shards import StageDir, StageInputError, atomic_write_json
+from rl.config import TrainConfig
+
+RUN_NAME = "ray"
+FINAL_MARKER = "final.json"
+
+
+class GroupedWindowSampler(Sampler[int]):
+    """Index order in which every group's examples fall into one optimizer step.
+
+    An optimizer step consumes ``window`` consecutive indices of this order (per-device batch x
+    gradient accumulation x workers: accelerate hands consecutive batches to the ranks in turn).
+    Each epoch the groups are shuffled with ``seed + epoch``, packed first-fit-decreasing into
+    windows, and the windows shuffled. First-fit-decreasing over the same multiset of sizes always
+    gives the same number of windows, so the epoch length is fixed. A window with room left repeats
+    its own examples to fill it (a full window keeps batch shapes and the step count exact);
+    ``padding`` says how many slots that took.
+    """
+
+    def __init__(self, groups: list[str], window: int, seed: int = 0):
+        self.window = window
+        self.seed = seed
+        self.epoch = 0
+        members: dict[str, list[int]] = {}
+        for i, g in enumerate(groups):
+            members.setdefault(g, []).append(i)
+        self.groups = list(members.values())
+        too_big = max((len(m) for m in self.groups), default=0)
+        if too_big > window:
+            raise ValueError(
+                f"a group has {too_big} examples but an optimizer step holds {window} "
+                "(batch_size x grad_accum x num_workers); raise them or set group_pairs: false"
+            )
+        self._windows = self._pack(random.Random(seed))
+        self.padding = len(self._windows) * window - len(groups)
+
+    def _pack(self, rng: random.Random) -> list[list[int]]:
+        groups = [list(g) for g in self.groups]
+        rng.shuffle(groups)
+        groups.sort(key=len, reverse=True)  # stable: equal sizes keep the shuffled order
+        windows: list[list[int]] = []
+        for g in groups:
+            for w in windows:
+                if len(w) + len(g) <= self.window:
+                    w.extend(g)
+                    break
+            else:
+                windows.append(list(g))
+        rng.shuffle(windows)
+        for w in windows:
+            rng.shuffle(w)
+            w.extend(w[i % len(w)] for i in range(self.window - len(w)))
+        return windows
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._windows = self._pack(random.Random(self.seed * 100_003 + epoch))
+
+    def __iter__(self) -> Iterator[int]:
+        for w in self._windows:
+            yield from w
+
+    def __len__(self) -> int:
+        return len(self._windows) * self.window
+
+
+def _trainer_class(base: type) -> type:
+    """``base`` (TRL's DPOTrainer or SFTTrainer) with group-aware order and per-step sample ids."""
+
+    class ProjectTrainer(base):  # type: ignore[misc, valid-type]
+        group_pairs: bool = True
+        step_ids: list[str]
+
+        def _get_train_sampler(self, train_dataset=None):
+            if self.group_pairs and "group" in self.train_dataset.column_names:
+                window = (
+                    self.args.per_device_train_batch_size
+                    * self.args.gradient_accumulation_steps
+                    * self.args.world_size
+                )
+                return GroupedWindowSampler(list(self.train_dataset["group"]), window, self.args.seed)
+            return super()._get_train_sampler(train_dataset)
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if "row_id" not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, "row_id"]
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            row_ids = inputs.pop("row_ids", None)
+            if row_ids is not None and model.training:
+                self.step_ids.extend(int(i) for i in row_ids.tolist())
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    return ProjectTrainer
+
+
+def _with_row_ids(collator):
+    """Carry each example's ``row_id`` past the collator, so a step knows which pairs it trained on."""
+
+    def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
+        ids = [e.pop("row_id") for e in examples]
+        batch = collator(examples)
+        batch["row_ids"] = torch.tensor(ids)
+        return batch
+
+    return collate
+
+
+def _callbacks(trainer, cfg: dict[str, Any], pair_ids: list[str]):
+    import ray.train
+    from ray.train import Checkpoint
+    from transformers import TrainerCallback
+
+    rank = ray.train.get_context().get_world_rank()
+    log_dir = Path(cfg["sample_log_dir"]) if cfg["log_samples"] else None
+
+    class ReportCheckpoints(TrainerCallback):
+        """Rank 0 hands each saved checkpoint to Ray Train; every rank calls report (it is a barrier)."""
+
+        def on_save(self, args, state, control, **kwargs):
+            metrics = {"step": state.global_step, "epoch": state.epoch or 0.0}
+            for log in state.log_history:
+                metrics.update({k: v for k, v in log.items() if isinstance(v, (int, float))})
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if rank == 0 and path.exists():
+                with tempfile.TemporaryDirectory() as tmp:
+                    shutil.copytree(path, Path(tmp) / "checkpoint")
+                    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(metrics, checkpoint=None)
+
+    class LogSamples(TrainerCallback):
+        """Append the ids each optimizer step trained on, one JSON line per step and rank."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                line = {"step": state.global_step, "ids": [pair_ids[i] for i in trainer.step_ids]}
+                with open(log_dir / f"rank{rank}.jsonl", "a") as f:
+                    f.write(json.dumps(line) + "\n")
+            trainer.step_ids.clear()
+
+    return [ReportCheckpoints(), LogSamples()]
+
+
+def _load_dataset(paths: list[str], algorithm: str):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.concat_tables([pq.read_table(p) for p in paths])
+    if algorithm == "sft" and "messages" not in table.column_names:
+        # SFT on a preference set: the prompt and its chosen answer.
+        rows = table.to_pylist()
+        table = pa.table(
+            {
+                "messages": [r["prompt"] + r["chosen"] for r in rows],
+                "pair_id": table["pair_id"],
+                "group": table["group"],
+            }
+        )
+    keep = ["messages"] if algorithm == "sft" else ["prompt", "chosen", "rejected"]
+    table = table.select([*keep, "pair_id", "group"])
+    table = table.append_column("row_id", pa.array(range(table.num_rows), pa.int64()))
+    return datasets.Dataset(table)
+
+
+def _trl_args(cfg: dict[str, Any], output_dir: str, use_cpu: bool):
+    from trl import DPOConfig, SFTConfig
+
+    t = TrainConfig.model_validate(cfg["train"])
+    precision = t.precision if t.precision != "auto" else ("fp32" if use_cpu else "bf16")
+    common = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        max_length=t.max_length,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=use_cpu,
+        gradient_checkpointing=t.gradient_checkpointing,
+        save_strategy="steps",
+        save_steps=t.checkpoint_every,
+        save_total_limit=1,
+        logging_steps=t.log_every,
+        logging_first_step=True,
+        report_to="none",
+        disable_tqdm=True,
+        seed=t.seed,
+        data_seed=t.seed,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+    )
+    if t.algorithm == "dpo":
+        loss_type, weights = (
+            (["sigmoid", "sft"], [1.0, t.sft_weight]) if t.sft_weight else (["sigmoid"], None)
+        )
+        return DPOConfig(beta=t.beta, loss_type=loss_type, loss_weights=weights, **common)
+    return SFTConfig(**common)
+
+
+def _peft_config(t: TrainConfig):
+    if not t.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=t.lora.r,
+        lora_alpha=t.lora.alpha,
+        lora_dropout=t.lora.dropout,
+        target_modules=t.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_trainer(cfg: dict[str, Any], output_dir: str, use_cpu: bool, extra_callbacks: list | None = None):
+    """TRL's trainer as every worker (and the standalone comparison) builds it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOTrainer, SFTTrainer
+
+    t = TrainConfig.model_validate(cfg["train"])
+    tokenizer = AutoTokenizer.from_pretrained(cfg["model_path"])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=torch.float32)
+    dataset = _load_dataset(cfg["data_files"], t.algorithm)
+    pair_ids = list(dataset["pair_id"])
+    cls = _trainer_class(DPOTrainer if t.algorithm == "dpo" else SFTTrainer)
+    cls.group_pairs = t.group_pairs
+    trainer = cls(
+        model=model,
+        args=_trl_args(cfg, output_dir, use_cpu),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=_peft_config(t),
+        callbacks=extra_callbacks or None,
+    )
+    trainer.step_ids = []
+    trainer.data_collator = _with_row_ids(trainer.data_collator)
+    return trainer, pair_ids
+
+
+def _save_final(trainer, tokenizer_path: str, out: Path, merge: bool) -> None:
+    from transformers import AutoTokenizer
+
+    model = trainer.model
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(out / "adapter")
+        tokenizer.save_pretrained(out / "adapter")
+        if merge:
+            model = model.merge_and_unload()
+        else:
+            return
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+
+
+def train_loop(cfg: dict[str, Any]) -> None:
+    """The Ray Train worker: build the trainer, resume from the last checkpoint, train, save."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    use_cpu = not torch.cuda.is_available()
+    if use_cpu:
+        torch.set_num_threads(max(1, int(cfg["cpus_per_worker"])))
+    checkpoint = ray.train.get_checkpoint()
+    resume_dir: str | None = None
+    with (
+        tempfile.TemporaryDirectory() as work,
+        checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as ckpt_dir,
+    ):
+        if ckpt_dir and (Path(ckpt_dir) / FINAL_MARKER).exists():
+            # Training had finished before the driver went away: hand the final model back again.
+            ray.train.report({"final": 1}, checkpoint=checkpoint if ctx.get_world_rank() == 0 else None)
+            return
+        if ckpt_dir:
+            resume_dir = str(Path(ckpt_dir) / "checkpoint")
+        trainer, pair_ids = build_trainer(cfg, str(Path(work) / "hf"), use_cpu, cfg.get("callbacks"))
+        for cb in _callbacks(trainer, cfg, pair_ids):
+            trainer.add_callback(cb)
+        trainer.train(resume_from_checkpoint=resume_dir)
+        final = Path(work) / "final"
+        metrics = {"final": 1, "step": trainer.state.global_step}
+        if ctx.get_world_rank() == 0:
+            _save_final(trainer, cfg["model_path"], final, cfg["train"]["merge"])
+            atomic_write_json(final / "log_history.json", trainer.state.log_history)
+            atomic_write_json(final / FINAL_MARKER, metrics)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(final))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+
+def train_fingerprint(cfg: TrainConfig, model_path: str, build_dir: StageDir) -> dict[str, Any]:
+    """The settings and inputs that shape the trained model (the build by its own fingerprint)."""
+    stage_file = build_dir.path / "_stage.json"
+    build = json.loads(stage_file.read_text()) if stage_file.exists() else None
+    return {"train": cfg.model_dump(mode="json"), "model": model_path, "build": build}
+
+
+def run_train(
+    cfg: TrainConfig,
+    model_path: str,
+    build_dir: StageDir,
+    out_dir: str | os.PathLike[str],
+    overwrite: bool = False,
+    callbacks: list | None = None,
+) -> dict[str, Any]:
+    """Train on the build stage's output; the final model lands in ``out_dir/model``.
+
+    A finished run is kept; a run stopped part way resumes from its last checkpoint. Needs Ray
+    initialised. ``callbacks`` are extra ``transformers.TrainerCallback`` objects for the workers.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    out = StageDir(out_dir)
+    if not build_dir.done():
+        raise StageInputError(f"{build_dir.path}: no finished build (run the build stage first)")
+    build = build_dir.summary()
+    if cfg.algorithm == "dpo" and build.get("kind") != "pairs":
+        raise StageInputError(
+            f"train.algorithm dpo needs preference pairs; {build_dir.path} holds {build.get('kind')}"
+        )
+    if not build.get("pairs_out"):
+        raise StageInputError(f"{build_dir.path} holds no training examples (see its _SUCCESS.json)")
+    fingerprint = train_fingerprint(cfg, model_path, build_dir)
+    if out.done() and not overwrite:
+        out.check(fingerprint)
+        return out.summary()
+    out.start(fingerprint, overwrite=overwrite)
+    loop_cfg = {
+        "train": cfg.model_dump(mode="json"),
+        "model_path": model_path,
+        "data_files": [str(p) for p in build_dir.shard_paths()],
+        "cpus_per_worker": cfg.cpus_per_worker,
+        "log_samples": cfg.log_samples,
+        "sample_log_dir": str((out.path / "samples").resolve()),
+        "callbacks": callbacks or [],
+    }
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_cfg,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=str(out.path.resolve()),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+    )
+    start = time.perf_counter()
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("training ended without a final checkpoint")
+    with result.checkpoint.as_directory() as final:
+        for name in ("model", "adapter", "log_history.json"):
+            src = Path(final) / name
+            if not src.exists():
+                continue
+            dst = out.path / name
+            tmp = out.path / f".{name}.partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp)
+            if dst.is_dir():
+                shutil.rmtree(dst)
+            os.replace(tmp, dst)
+        metrics = json.loads((Path(final) / FINAL_MARKER).read_text())
+    summary = {
+        "algorithm": cfg.algorithm,
+        "steps": metrics["step"],
+        "pairs": build["pairs_out"],
+        "seconds": round(time.perf_counter() - start, 2),
+        "model": str(out.path / "model"),
+        "adapter": str(out.path / "adapter") if cfg.lora.enabled else None,
+    }
+    out.mark_done(summary)
+    return summary

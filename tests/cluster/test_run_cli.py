@@ -1,0 +1,38 @@
+"""`selfcorrect run`: every stage in order on real parts (Ray, vLLM on CPU, MiniLM, TRL), then a
+second run that skips them all."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.dataset as pads
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_run_every_stage_then_skip_them(tmp_path, tiny_model_dir):
+    run_dir = tmp_path / "run"
+    argv = [
+        sys.executable, "-m", "cluster.cli", "run", "configs/quickstart.yaml",
+        f"run_dir={run_dir}", f"model={tiny_model_dir}",
+        "prompts.limit=4", "generate.n=3", "generate.max_tokens=8", "generate.shard_size=2",
+        "generate.engine.max_model_len=512", "ray.num_cpus=2", "ray.include_dashboard=false",
+        "judges.verifier=false", "judges.embedding={}",
+        "build.builder=best_vs_worst", "build.judge=embedding",
+        "train.max_steps=2", "train.batch_size=2", "train.max_length=128", "train.checkpoint_every=1",
+    ]
+    first = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-4000:]
+    for stage in ("generate", "judge", "build", "train"):
+        assert (run_dir / stage / "_SUCCESS.json").exists(), stage
+    judged = pads.dataset(str(run_dir / "judge"), format="parquet").to_table()
+    assert judged.num_rows == 12 and judged["embedding_error"].to_pylist() == [""] * 12
+    built = json.loads((run_dir / "build" / "_SUCCESS.json").read_text())
+    assert built["pairs_out"] == 4  # one best-vs-worst pair per prompt
+    trained = json.loads((run_dir / "train" / "_SUCCESS.json").read_text())
+    assert trained["steps"] == 2 and (run_dir / "train" / "model" / "config.json").exists()
+
+    again = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.stderr.count("done already") == 4

@@ -1,0 +1,196 @@
+"""Each builder on hand-made judged rows: what it keeps, what it drops and why."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rl_rows import judged_row as row
+from rl_rows import write_judged
+
+from datagen.shards import StageDir, StageMismatchError
+from rl.build import run_build
+from rl.builders import BuildResult, get_builder, selfee_chain
+from rl.config import BuildConfig
+
+
+def test_scl_keeps_only_flips():
+    rows = [
+        row("a", 0, attempt1="wrong", attempt2="right", verifier_score1=0.0, verifier_score2=1.0),
+        row("a", 1, attempt1="right", attempt2="wrong", verifier_score1=1.0, verifier_score2=0.0),
+        row("a", 2, attempt1="right", attempt2="right", verifier_score1=1.0, verifier_score2=1.0),
+        row("b", 0, attempt1="x", attempt2="y", verifier_score1=0.0, verifier_score2=0.0),
+        row("b", 1, attempt1="x", attempt2="y", verifier_error="timeout"),
+        row("b", 2, attempt1="x", attempt2=None),
+        row("b", 3, attempt1="x", attempt2="y", verifier_score1=1.0),
+    ]
+    out = get_builder("scl")(rows, BuildConfig())
+    assert [(e["chosen"][0]["content"], e["rejected"][0]["content"]) for e in out.examples] == [
+        ("right", "wrong"),
+        ("right", "wrong"),
+    ]
+    assert [(e["chosen_source"], e["rejected_source"]) for e in out.examples] == [
+        ("attempt2", "attempt1"),
+        ("attempt1", "attempt2"),
+    ]
+    first = out.examples[0]
+    assert first["prompt"] == [{"role": "user", "content": "question a"}]
+    assert first["chosen"][0]["role"] == "assistant" and first["group"] == "a"
+    assert out.dropped == {
+        "both_correct": 1,
+        "both_wrong": 1,
+        "judge_error": 1,
+        "no_attempt2": 1,
+        "not_scored": 1,
+    }
+
+
+def test_self_contrast_drops_dups_and_similar_and_keeps_k_least_similar():
+    sims = [0.95, 0.1, 0.5, 0.3, 0.8, 0.2, 0.6, 0.4, 0.7]
+    rows = [
+        row("p", i, attempt1=f"resp {i}", embedding_score1=s, embedding_dup=False) for i, s in enumerate(sims)
+    ]
+    rows.append(row("p", 9, attempt1="resp 9", embedding_score1=0.05, embedding_dup=True))
+    rows.append(row("p", 10, attempt1="resp 10", embedding_error="embed failed"))
+    rows.append(row("q", 0, attempt1="no ref", reference=None, embedding_score1=0.1))
+    out = get_builder("self_contrast")(rows, BuildConfig(builder="self_contrast", negatives=4))
+    # 9 kept after dup/error; round(9 * 0.25) = 2 most similar (0.95, 0.8) dropped; then 4 least similar
+    assert [e["rejected"][0]["content"] for e in out.examples] == ["resp 1", "resp 5", "resp 3", "resp 7"]
+    assert all(e["chosen"][0]["content"] == "reference answer p" for e in out.examples)
+    assert {e["group"] for e in out.examples} == {"p"}
+    assert out.dropped == {
+        "near_duplicate": 1,
+        "judge_error": 1,
+        "no_reference": 1,
+        "too_similar": 2,
+        "beyond_k": 3,
+    }
+
+
+def test_sima_pick_is_chosen():
+    rows = [
+        row("p", 0, attempt1="greedy", greedy=True),
+        row("p", 1, attempt1="sample one", self_critic_pref=1),
+        row("p", 2, attempt1="sample two", self_critic_pref=2),
+        row("p", 3, attempt1="sample three", self_critic_pref=0),
+        row("p", 4, attempt1="sample four", self_critic_pref=None, self_critic_error="garbage"),
+        row("p", 5, attempt1="greedy", self_critic_pref=2),
+    ]
+    out = get_builder("sima")(rows, BuildConfig(builder="sima"))
+    pairs = [(e["chosen"][0]["content"], e["rejected"][0]["content"]) for e in out.examples]
+    assert pairs == [("greedy", "sample one"), ("sample two", "greedy")]
+    assert out.dropped == {"greedy_row": 1, "tie": 1, "judge_error": 1, "identical": 1}
+
+
+def test_selfee_chain_format():
+    chain = selfee_chain("42", ["The sum is off. Revision is needed.", "Looks right now."], ["41"])
+    assert chain == (
+        "42\n\n### Feedback 1:\nThe sum is off. Revision is needed.\n\n### Revision 1:\n41"
+        "\n\n### Feedback 2:\nLooks right now. Revision is not needed."
+    )
+    rows = [
+        row("p", 0, attempt1="42", feedbacks=["Wrong. Revision is needed.", "Fine."], revisions=["41"]),
+        row("p", 1, attempt1="41", feedbacks=[], revisions=[]),
+        row("p", 2, attempt1="", feedbacks=["x"], revisions=[]),
+        row("p", 3, attempt1="41", feedbacks=["Good. Revision is not needed."], revisions=[]),
+    ]
+    out = get_builder("selfee")(rows, BuildConfig(builder="selfee"))
+    assert out.kind == "sft" and len(out.examples) == 2
+    msgs = out.examples[0]["messages"]
+    assert msgs[0] == {"role": "user", "content": "question p"} and msgs[-1]["role"] == "assistant"
+    assert "### Revision 1:\n41" in msgs[-1]["content"]
+    assert out.dropped == {"no_feedback": 1, "empty_answer": 1}
+    only = get_builder("selfee")(rows, BuildConfig(builder="selfee", selfee_only_revised=True))
+    assert len(only.examples) == 1 and only.dropped["not_revised"] == 1
+
+
+def test_best_vs_worst_ties_errors_and_margin():
+    rows = [
+        row("a", 0, attempt1="mid", reward_score1=0.5),
+        row("a", 1, attempt1="top", reward_score1=2.0),
+        row("a", 2, attempt1="top too", reward_score1=2.0),
+        row("a", 3, attempt1="low", reward_score1=-1.0),
+        row("a", 4, attempt1="err", reward_error="http 500"),
+        row("b", 0, attempt1="same", reward_score1=1.0),
+        row("b", 1, attempt1="same2", reward_score1=1.0),
+        row("c", 0, attempt1="alone", reward_score1=1.0),
+        row("d", 0, attempt1="one", attempt2="two", reward_score1=5.0, reward_score2=1.0),
+        row("d", 1, attempt1="three", attempt2="four", reward_score1=0.0, reward_score2=3.0),
+    ]
+    out = get_builder("best_vs_worst")(rows, BuildConfig(builder="best_vs_worst"))
+    pairs = {e["prompt_id"]: (e["chosen"][0]["content"], e["rejected"][0]["content"]) for e in out.examples}
+    assert pairs == {"a": ("top", "low"), "d": ("four", "two")}
+    assert out.dropped == {"judge_error": 1, "all_tied": 2, "too_few_scored": 1, "not_extreme": 2}
+    assert out.notes == {"best_tie_broken": 1}
+    narrow = get_builder("best_vs_worst")(rows, BuildConfig(builder="best_vs_worst", min_margin=2.5))
+    assert [e["prompt_id"] for e in narrow.examples] == ["a"]
+
+
+def _plugin(rows, cfg):
+    return BuildResult("pairs", [], dropped={"all": len(rows)})
+
+
+def test_registry_and_plugins():
+    assert get_builder(f"{__name__}:_plugin") is _plugin
+    with pytest.raises(ValueError, match="unknown builder"):
+        get_builder("nope")
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        get_builder("no_such_module_x:thing")
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        BuildConfig(negatives=3)
+    with pytest.raises(ValueError):
+        BuildConfig(typo=1)
+
+
+def test_run_build_writes_trl_ready_parquet(tmp_path, capsys):
+    from datasets import load_dataset
+
+    rows = [
+        row("a", 0, attempt1="wrong", attempt2="right", verifier_score1=0.0, verifier_score2=1.0),
+        row("a", 1, attempt1="right", attempt2="right", verifier_score1=1.0, verifier_score2=1.0),
+    ]
+    judge = write_judged(tmp_path / "judge", rows)
+    out = StageDir(tmp_path / "build")
+    summary = run_build(BuildConfig(), judge, out)
+    assert summary["rows_in"] == 2 and summary["pairs_out"] == 1 and summary["dropped"] == {"both_correct": 1}
+    assert json.loads((out.path / "_SUCCESS.json").read_text())["pairs_out"] == 1
+    assert "dropped both_correct: 1" in capsys.readouterr().out
+    ds = load_dataset("parquet", data_files=[str(p) for p in out.shard_paths()], split="train")
+    assert ds[0]["prompt"] == [{"role": "user", "content": "question a"}]
+    assert ds[0]["chosen"] == [{"role": "assistant", "content": "right"}]
+    # a second run keeps the finished build; other settings need overwrite
+    assert run_build(BuildConfig(), judge, out)["pairs_out"] == 1
+    with pytest.raises(StageMismatchError):
+        run_build(BuildConfig(min_margin=1.0), judge, out)
+    assert run_build(BuildConfig(min_margin=1.0), judge, out, overwrite=True)["pairs_out"] == 1
+
+
+def test_export_llamafactory_and_alpaca(tmp_path):
+    from rl.export import run_export
+
+    rows = [
+        row(
+            "a",
+            0,
+            attempt1="wrong",
+            attempt2="right",
+            verifier_score1=0.0,
+            verifier_score2=1.0,
+            messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"}],
+        ),
+    ]
+    out = StageDir(tmp_path / "build")
+    run_build(BuildConfig(), write_judged(tmp_path / "judge", rows), out, echo=False)
+    result = run_export(out, tmp_path / "export")
+    pairwise = json.loads((tmp_path / "export" / "llamafactory_pairwise.json").read_text())
+    assert pairwise == [
+        {"instruction": "2+2?", "input": "", "system": "be brief", "chosen": "right", "rejected": "wrong"}
+    ]
+    alpaca = json.loads((tmp_path / "export" / "alpaca.json").read_text())
+    assert alpaca[0]["output"] == "right" and alpaca[0]["instruction"] == "2+2?"
+    assert result["files"] == {"llamafactory_pairwise.json": 1, "alpaca.json": 1}
+    info = json.loads((tmp_path / "export" / "dataset_info.json").read_text())
+    assert info["selfcorrect_pairwise"]["ranking"] is True

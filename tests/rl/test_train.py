@@ -1,0 +1,251 @@
+"""DPO/SFT through TRL and through Ray Train on a tiny random Llama: losses, LoRA, resume, vLLM."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import ray.cloudpickle
+import torch
+from rl_rows import judged_row, toy_scl_rows, write_judged
+from transformers import TrainerCallback
+
+from datagen.shards import StageDir
+from rl.build import run_build
+from rl.config import BuildConfig, TrainConfig
+from rl.losses import LN2
+from rl.train import GroupedWindowSampler, build_trainer, run_train
+
+# Callbacks defined here travel to the Ray Train workers, which cannot import this file.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _build(tmp: Path, rows, cfg: BuildConfig | None = None) -> StageDir:
+    out = StageDir(tmp / "build")
+    run_build(cfg or BuildConfig(), write_judged(tmp / "judge", rows), out, echo=False)
+    return out
+
+
+def _loop_cfg(model: Path, build: StageDir, train: TrainConfig) -> dict:
+    return {
+        "train": train.model_dump(mode="json"),
+        "model_path": str(model),
+        "data_files": [str(p) for p in build.shard_paths()],
+    }
+
+
+def test_grouped_sampler_keeps_groups_in_one_window_and_is_deterministic():
+    groups = [g for g, k in [("a", 4), ("b", 2), ("c", 1), ("d", 3), ("e", 2), ("f", 4)] for _ in range(k)]
+    s = GroupedWindowSampler(groups, window=4, seed=3)
+    order = list(s)
+    assert len(order) == len(s) and len(s) % 4 == 0
+    windows = [order[i : i + 4] for i in range(0, len(order), 4)]
+    for g in set(groups):
+        members = {i for i, x in enumerate(groups) if x == g}
+        assert sum(1 for w in windows if members & set(w)) == 1, g
+    assert set(order) == set(range(len(groups)))
+    assert len(order) - len(set(order)) == s.padding
+    again = GroupedWindowSampler(groups, window=4, seed=3)
+    assert list(again) == order
+    s.set_epoch(1)
+    assert len(list(s)) == len(order)
+    with pytest.raises(ValueError, match="optimizer step holds"):
+        GroupedWindowSampler(groups, window=3)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        TrainConfig(algorithm="ppo")
+    with pytest.raises(ValueError):
+        TrainConfig(algorithm="sft", sft_weight=0.1)
+    with pytest.raises(ValueError):
+        TrainConfig(lora={"rank": 4})
+    assert TrainConfig(batch_size=2, grad_accum=3, num_workers=2).global_batch == 12
+
+
+def test_dpo_standalone_ln2_loss_falls_and_only_lora_moves(tmp_path, tiny_model_dir):
+    build = _build(tmp_path, toy_scl_rows(4))
+    train = TrainConfig(batch_size=4, max_steps=8, lr=5e-3, log_every=1, scheduler="constant")
+    trainer, _ = build_trainer(_loop_cfg(tiny_model_dir, build, train), str(tmp_path / "hf"), use_cpu=True)
+    model = trainer.model
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    assert lora and all(not model.get_parameter(n).requires_grad for n in base)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[0] == pytest.approx(LN2, abs=1e-6)
+    assert losses[-1] < losses[0] - 0.05
+    assert all(torch.equal(model.get_parameter(n), p) for n, p in base.items())
+    assert any(not torch.equal(model.get_parameter(n), p) for n, p in lora.items())
+
+
+def test_sft_standalone_on_selfee_chains(tmp_path, tiny_model_dir):
+    rows = [
+        judged_row(f"p{i}", 0, attempt1="41", feedbacks=["Wrong. Revision is needed."], revisions=["42"])
+        for i in range(4)
+    ]
+    build = _build(tmp_path, rows, BuildConfig(builder="selfee"))
+    train = TrainConfig(algorithm="sft", batch_size=2, max_steps=3, lr=5e-3, log_every=1)
+    trainer, _ = build_trainer(_loop_cfg(tiny_model_dir, build, train), str(tmp_path / "hf"), use_cpu=True)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+@pytest.fixture(scope="module")
+def ray_run(tmp_path_factory, tiny_model_dir, ray_local):
+    """One DPO+SFT LoRA run through Ray Train (1 worker), shared by the checks below."""
+    tmp = tmp_path_factory.mktemp("ray-run")
+    build = _build(tmp, toy_scl_rows(4))
+    train = TrainConfig(batch_size=4, max_steps=2, lr=5e-3, sft_weight=0.1, log_every=1, checkpoint_every=1)
+    summary = run_train(train, str(tiny_model_dir), build, tmp / "train")
+    return tmp, build, train, summary
+
+
+def test_ray_first_step_equals_standalone_trl(ray_run, tiny_model_dir):
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from rl.train import _load_dataset
+
+    tmp, build, train, summary = ray_run
+    assert summary["steps"] == 2
+    ray_log = json.loads((tmp / "train" / "log_history.json").read_text())
+    trl = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+        args=DPOConfig(
+            output_dir=str(tmp / "plain"),
+            per_device_train_batch_size=4,
+            max_steps=1,
+            learning_rate=5e-3,
+            beta=0.1,
+            loss_type=["sigmoid", "sft"],
+            loss_weights=[1.0, 0.1],
+            bf16=False,
+            use_cpu=True,
+            gradient_checkpointing=False,
+            logging_steps=1,
+            report_to="none",
+            save_strategy="no",
+            seed=0,
+        ),
+        train_dataset=_load_dataset([str(p) for p in build.shard_paths()], "dpo").select_columns(
+            ["prompt", "chosen", "rejected"]
+        ),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+        peft_config=LoraConfig(
+            r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"
+        ),
+    )
+    trl.train()
+    plain = trl.state.log_history[0]
+    assert ray_log[0]["loss"] == pytest.approx(plain["loss"], abs=1e-5)
+    assert ray_log[0]["grad_norm"] == pytest.approx(plain["grad_norm"], abs=1e-5)
+    assert ray_log[0]["loss"] > LN2 + 0.1  # the SFT term is in
+
+
+def test_saved_model_loads_in_vllm(ray_run, tmp_path):
+    import ray
+
+    tmp, *_ = ray_run
+    model_dir = tmp / "train" / "model"
+    assert (model_dir / "config.json").exists() and (
+        tmp / "train" / "adapter" / "adapter_config.json"
+    ).exists()
+    ray.shutdown()  # one heavy engine at a time on this machine
+    script = tmp_path / "gen.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import json
+        if __name__ == "__main__":
+            from vllm import LLM, SamplingParams
+            llm = LLM(model={str(model_dir)!r}, dtype="float32", enforce_eager=True, max_model_len=256)
+            out = llm.generate(["What is 2*3?"], SamplingParams(max_tokens=8, temperature=0))
+            print("RESULT " + json.dumps(len(out[0].outputs[0].token_ids)))
+    """)
+    )
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=400, env=env)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    assert json.loads(lines[0][7:]) > 0
+
+
+class KillOnce(TrainerCallback):
+    """SIGKILL this worker process after ``step`` on rank ``rank``, on the first attempt only."""
+
+    def __init__(self, marker: str, step: int, rank: int):
+        self.marker, self.step, self.rank = marker, step, rank
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import ray.train
+
+        if (
+            state.global_step == self.step
+            and ray.train.get_context().get_world_rank() == self.rank
+            and not os.path.exists(self.marker)
+        ):
+            Path(self.marker).write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_worker_killed_resumes_from_checkpoint_seeing_data_once(tmp_path, tiny_model_dir, ray_local):
+    if not ray_local.is_initialized():
+        ray_local.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # 8 prompts x 2 pairs (groups of 2); 4 pairs per optimizer step over 2 workers -> 4 steps
+    rows = [
+        judged_row(
+            f"p{p}",
+            i,
+            attempt1=f"wrong {p} {i}",
+            attempt2=f"right {p}",
+            verifier_score1=0.0,
+            verifier_score2=1.0,
+        )
+        for p in range(8)
+        for i in range(2)
+    ]
+    build = _build(tmp_path, rows)
+    train = TrainConfig(
+        num_workers=2,
+        batch_size=1,
+        grad_accum=2,
+        epochs=1,
+        checkpoint_every=2,
+        log_samples=True,
+        max_failures=1,
+        lr=1e-3,
+    )
+    marker = tmp_path / "killed"
+    summary = run_train(
+        train,
+        str(tiny_model_dir),
+        build,
+        tmp_path / "train",
+        callbacks=[KillOnce(str(marker), step=3, rank=1)],
+    )
+    assert marker.exists() and summary["steps"] == 4
+    final: dict[tuple[int, int], list[str]] = {}
+    attempts = Counter()
+    for rank in (0, 1):
+        for line in (tmp_path / "train" / "samples" / f"rank{rank}.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            attempts[rec["step"]] += 1
+            final[(rank, rec["step"])] = rec["ids"]  # a re-run step overwrites the killed attempt's record
+    assert sorted({s for _, s in final}) == [1, 2, 3, 4]
+    assert attempts[1] == attempts[2] == 2  # steps before the checkpoint ran once per rank
+    seen = [i for ids in final.values() for i in ids]
+    assert sorted(seen) == sorted(f"p{p}:{i}" for p in range(8) for i in range(2))  # every pair exactly once
+    for step in range(1, 5):  # both pairs of a prompt in one optimizer step
+        prompts = Counter(i.split(":")[0] for r in (0, 1) for i in final[(r, step)])
+        assert set(prompts.values()) == {2}
+    assert math.isfinite(json.loads((tmp_path / "train" / "log_history.json").read_text())[-1]["train_loss"])
