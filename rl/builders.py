@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from datagen.records import MESSAGES
+from datagen.records import MESSAGES, judge_column
+from datagen.shards import StageInputError
 from rl.config import BuildConfig
 
 Row = dict[str, Any]
@@ -98,10 +99,15 @@ def require_columns(columns: Iterable[str], needed: Iterable[str], builder: str)
     missing = [c for c in needed if c not in have]
     if missing:
         judges = sorted({c.rsplit("_", 1)[0] for c in have if c.endswith("_error")})
-        raise ValueError(
+        raise StageInputError(
             f"builder {builder!r} needs the columns {missing}; the judged rows have judges {judges} "
             "(set build.judge to one of them)"
         )
+
+
+def _need(rows: list[Row], judge: str, suffixes: tuple[str, ...], builder: str) -> None:
+    if rows:
+        require_columns(rows[0].keys(), [judge_column(judge, s) for s in suffixes], builder)
 
 
 # --- SCL: correctness flips between attempts ---------------------------------------------------
@@ -114,6 +120,7 @@ def build_scl(rows: list[Row], cfg: BuildConfig) -> BuildResult:
     answers to the original prompt.
     """
     judge = cfg.judge or "verifier"
+    _need(rows, judge, ("score1", "score2", "error"), "scl")
     out = BuildResult("pairs", [])
     for row in rows:
         s1, s2 = row.get(f"{judge}_score1"), row.get(f"{judge}_score2")
@@ -143,6 +150,7 @@ def build_self_contrast(rows: list[Row], cfg: BuildConfig) -> BuildResult:
     is the cosine to the reference), then take the ``negatives`` least similar, least similar first.
     """
     judge = cfg.judge or "embedding"
+    _need(rows, judge, ("score1", "dup", "error"), "self_contrast")
     out = BuildResult("pairs", [])
     for prompt_id, members in _by_prompt(rows).items():
         reference = members[0].get("reference")
@@ -184,6 +192,7 @@ def build_sima(rows: list[Row], cfg: BuildConfig) -> BuildResult:
     on rows that have an attempt 2, else (sample 0's attempt1, this row's attempt1).
     """
     judge = cfg.judge or "self_critic"
+    _need(rows, judge, ("pref", "error"), "sima")
     out = BuildResult("pairs", [])
     for prompt_id, members in _by_prompt(rows).items():
         greedy = next((r for r in members if r["sample_idx"] == 0), None)
@@ -287,7 +296,8 @@ def build_best_vs_worst(rows: list[Row], cfg: BuildConfig) -> BuildResult:
     Rows the judge could not score are dropped (counted); among equal scores the lowest
     ``sample_idx`` wins, so the output does not depend on row order.
     """
-    judge = cfg.judge or "reward"
+    judge = cfg.judge or "reward_model"
+    _need(rows, judge, ("score1", "error"), "best_vs_worst")
     out = BuildResult("pairs", [])
     for prompt_id, members in _by_prompt(rows).items():
         scored = []

@@ -19,7 +19,7 @@ class BuildConfig(Strict):
     judge: str | None = Field(
         None,
         description="the judge whose columns the builder reads (default: verifier for scl, embedding for "
-        "self_contrast, self_critic for sima, reward for best_vs_worst; selfee reads none)",
+        "self_contrast, self_critic for sima, reward_model for best_vs_worst; selfee reads none)",
     )
     negatives: Literal[1, 2, 4, 8, 16] = Field(4, description="self_contrast: negatives k per prompt")
     drop_similar_fraction: float = Field(

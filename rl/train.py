@@ -9,6 +9,9 @@ reported checkpoint: the Trainer restores model, optimizer, scheduler and step, 
 batches it already trained on. The order of the batches is a pure function of the seed and epoch
 (``GroupedWindowSampler``), so the resumed run sees exactly the data the uninterrupted one would.
 Running the stage again after the driver died resumes the same way (same run name and storage).
+Ray Train registers a reported checkpoint when its controller next polls the workers (every 2 s
+by default): a worker group that dies inside that window resumes from the checkpoint before, and
+the model state goes back with it, so no step is ever trained twice into the final model.
 
 At the end rank 0 saves the adapter (``OUT_DIR/adapter``) and a full Hugging Face model folder
 (``OUT_DIR/model``, the adapter merged in) that the generate stage loads as its ``model``.

@@ -51,6 +51,18 @@ def build_tiny_llama(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
+def pytest_collection_modifyitems(config, items):
+    """GPU tests run only where CUDA is; everything else runs on the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
@@ -66,6 +78,3 @@ def ray_local():
     yield ray
     ray.shutdown()
 
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: starts a vLLM engine or server (about a minute on CPU)")

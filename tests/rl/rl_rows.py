@@ -10,7 +10,7 @@ import pyarrow as pa
 from datagen.records import SAMPLE_SCHEMA
 from datagen.shards import StageDir
 
-JUDGES = ("verifier", "embedding", "self_critic", "reward")
+JUDGES = ("verifier", "embedding", "self_critic", "reward_model")
 
 
 def judged_row(prompt_id: str, sample_idx: int, **values: Any) -> dict[str, Any]:

@@ -106,16 +106,16 @@ def test_selfee_chain_format():
 
 def test_best_vs_worst_ties_errors_and_margin():
     rows = [
-        row("a", 0, attempt1="mid", reward_score1=0.5),
-        row("a", 1, attempt1="top", reward_score1=2.0),
-        row("a", 2, attempt1="top too", reward_score1=2.0),
-        row("a", 3, attempt1="low", reward_score1=-1.0),
-        row("a", 4, attempt1="err", reward_error="http 500"),
-        row("b", 0, attempt1="same", reward_score1=1.0),
-        row("b", 1, attempt1="same2", reward_score1=1.0),
-        row("c", 0, attempt1="alone", reward_score1=1.0),
-        row("d", 0, attempt1="one", attempt2="two", reward_score1=5.0, reward_score2=1.0),
-        row("d", 1, attempt1="three", attempt2="four", reward_score1=0.0, reward_score2=3.0),
+        row("a", 0, attempt1="mid", reward_model_score1=0.5),
+        row("a", 1, attempt1="top", reward_model_score1=2.0),
+        row("a", 2, attempt1="top too", reward_model_score1=2.0),
+        row("a", 3, attempt1="low", reward_model_score1=-1.0),
+        row("a", 4, attempt1="err", reward_model_error="http 500"),
+        row("b", 0, attempt1="same", reward_model_score1=1.0),
+        row("b", 1, attempt1="same2", reward_model_score1=1.0),
+        row("c", 0, attempt1="alone", reward_model_score1=1.0),
+        row("d", 0, attempt1="one", attempt2="two", reward_model_score1=5.0, reward_model_score2=1.0),
+        row("d", 1, attempt1="three", attempt2="four", reward_model_score1=0.0, reward_model_score2=3.0),
     ]
     out = get_builder("best_vs_worst")(rows, BuildConfig(builder="best_vs_worst"))
     pairs = {e["prompt_id"]: (e["chosen"][0]["content"], e["rejected"][0]["content"]) for e in out.examples}
@@ -194,3 +194,15 @@ def test_export_llamafactory_and_alpaca(tmp_path):
     assert result["files"] == {"llamafactory_pairwise.json": 1, "alpaca.json": 1}
     info = json.loads((tmp_path / "export" / "dataset_info.json").read_text())
     assert info["selfcorrect_pairwise"]["ranking"] is True
+
+
+def test_a_judge_that_did_not_run_is_named_not_silently_dropped():
+    from datagen.shards import StageInputError
+
+    rows = [row("a", 0, attempt1="x", attempt2="y")]
+    for judge in ("verifier", "reward_model"):
+        del rows[0][f"{judge}_score1"], rows[0][f"{judge}_score2"], rows[0][f"{judge}_error"]
+    with pytest.raises(StageInputError, match=r"needs the columns \['verifier_score1'.*set build.judge"):
+        get_builder("scl")(rows, BuildConfig(builder="scl"))
+    with pytest.raises(StageInputError, match="reward_model_score1"):
+        get_builder("best_vs_worst")(rows, BuildConfig(builder="best_vs_worst"))

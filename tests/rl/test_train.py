@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -195,6 +196,10 @@ class KillOnce(TrainerCallback):
             and not os.path.exists(self.marker)
         ):
             Path(self.marker).write_text("killed")
+            # Ray Train registers a reported checkpoint when its controller next polls the workers
+            # (every 2 s by default); a worker that dies inside that window restarts from the
+            # checkpoint before. Dying a little later makes the resume point certain.
+            time.sleep(4.5)
             os.kill(os.getpid(), signal.SIGKILL)
 
 
