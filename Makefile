@@ -33,6 +33,9 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_judges.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_quickstart.py
 
 clean:
 	rm -rf $(VENV) runs

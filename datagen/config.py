@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -67,6 +67,12 @@ class EngineConfig(Strict):
     num_gpus: float = Field(0, ge=0, description="GPUs per engine actor (0 runs on CPU)")
     num_cpus: float = Field(1, gt=0, description="CPUs reserved per engine actor")
     cpu_threads: int | None = Field(None, ge=1, description="CPU only: torch threads per engine")
+    vllm_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="further vllm.LLM keyword arguments, passed as given"
+    )
+    max_restarts: int = Field(
+        3, ge=0, description="times a crashed engine actor is restarted and its shard retried"
+    )
     min_actors: int = Field(1, ge=1)
     max_actors: int = Field(1, ge=1)
 

@@ -33,6 +33,11 @@ def engine_kwargs(engine: EngineConfig, model_path: str, seed: int) -> dict[str,
     }
     if engine.max_model_len is not None:
         kwargs["max_model_len"] = engine.max_model_len
+    if engine.num_gpus == 0:
+        # The CPU build crashes when a seeded request's prefill is split across steps ("CPU
+        # Generator does not use offset"); whole-prompt prefill avoids the split.
+        kwargs["enable_chunked_prefill"] = False
+    kwargs.update(engine.vllm_kwargs)
     return kwargs
 
 
@@ -99,7 +104,7 @@ class GenerationWorker:
             )
             slots.append(i)
         if prompts:
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            outputs = self._generate(prompts, params)
             for slot, out in zip(slots, outputs, strict=True):
                 results[slot] = [
                     Completion(c.text, len(c.token_ids), str(c.finish_reason)) for c in out.outputs
@@ -125,6 +130,17 @@ class GenerationWorker:
                 os._exit(1)
 
         threading.Thread(target=watch, name="engine-watchdog", daemon=True).start()
+
+    def _generate(self, prompts: list[dict[str, Any]], params: list[Any]) -> list[Any]:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            return self.llm.generate(prompts, params, use_tqdm=False)
+        except EngineDeadError:
+            # Raised rather than hung: end the actor the same way the watchdog does, so Ray
+            # treats it as a lost actor (restart, retry) and not as a failed shard.
+            print("vLLM engine died; ending the actor so Ray restarts it", file=sys.stderr, flush=True)
+            os._exit(1)
 
     def __call__(self, task: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
         prompts = [Prompt.from_row(r) for r in task["prompts"]]

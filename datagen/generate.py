@@ -117,7 +117,8 @@ def run_generate(plan: GeneratePlan, out: StageDir, overwrite: bool = False) -> 
         max_actors=min(engine.max_actors, max(1, len(tasks))),
         num_cpus=engine.num_cpus,
         num_gpus=engine.num_gpus,
-        env_vars=engine_env(engine) or None,
+        env_vars=engine_env(engine),
+        max_restarts=engine.max_restarts,
         desc="generate",
     )
     seconds = time.perf_counter() - started

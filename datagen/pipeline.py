@@ -55,6 +55,7 @@ def run_shard_stage(
     num_cpus: float = 1,
     num_gpus: float = 0,
     env_vars: dict[str, str] | None = None,
+    max_restarts: int = 3,
     desc: str = "shards",
 ) -> list[dict[str, Any]]:
     """Compute and write every task's shard; return one manifest row per shard written.
@@ -73,7 +74,9 @@ def run_shard_stage(
     ds = ray.data.from_items(
         [{"task": json.dumps(t)} for t in tasks], override_num_blocks=len(tasks)
     )
-    remote_args: dict[str, Any] = {}
+    # A lost actor (a crashed engine) is restarted and its shard retried, a bounded number of
+    # times: an input that kills the engine every time fails the stage instead of looping.
+    remote_args: dict[str, Any] = {"max_restarts": max_restarts, "max_task_retries": max_restarts}
     if env_vars:
         remote_args["runtime_env"] = {"env_vars": env_vars}
     ds = ds.map_batches(

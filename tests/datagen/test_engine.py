@@ -65,3 +65,12 @@ def test_a_turn_without_room_in_the_context_is_recorded_not_sent(worker):
     long = [{"role": "user", "content": "word " * 600}]
     (outs,) = worker.complete([Request(long, 2, 1.0, 1)])
     assert [(c.text, c.finish) for c in outs] == [("", "context"), ("", "context")]
+
+
+def test_a_large_seeded_batch_does_not_crash_the_cpu_engine(worker):
+    # Regression: with chunked prefill the CPU build crashed on seeded requests whose prefill was
+    # split across steps ("CPU Generator does not use offset"); 128 prompts exceed one step's budget.
+    text = "Please describe, in a few words, the number {}. " * 3
+    reqs = [Request([{"role": "user", "content": text.format(i, i, i)}], 4, 1.0, i) for i in range(128)]
+    outs = worker.complete(reqs)
+    assert len(outs) == 128 and all(len(o) == 4 for o in outs)
