@@ -19,19 +19,17 @@ import argparse
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "judges"))
+
+from vllm_server import serve_openai  # noqa: E402
 
 from judges.base import build  # noqa: E402
 from judges.config import judge_settings  # noqa: E402
@@ -96,55 +94,12 @@ def bench_faults(n: int) -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_concurrency(n: int) -> dict:
     from conftest import build_tiny_llama
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-judges-"))
     model = build_tiny_llama(tmp / "tiny")
-    port = _free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(model),
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-            "--dtype",
-            "float32",
-            "--enforce-eager",
-            "--max-model-len",
-            "1024",
-            "--served-model-name",
-            "tiny",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"vllm serve failed; see {tmp / 'server.log'}")
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
+    with serve_openai(model, tmp / "server.log") as url:
         out = {}
         rows = api_rows(n)
         build(
@@ -182,13 +137,6 @@ def bench_concurrency(n: int) -> dict:
             }
         out["speedup_c16_over_c1"] = round(out["c16"]["rows_per_s"] / out["c1"]["rows_per_s"], 2)
         return out
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def verifier_rows(n: int) -> list[dict]:

@@ -66,7 +66,9 @@ class EngineConfig(Strict):
     tensor_parallel_size: int = Field(1, ge=1)
     num_gpus: float = Field(0, ge=0, description="GPUs per engine actor (0 runs on CPU)")
     num_cpus: float = Field(1, gt=0, description="CPUs reserved per engine actor")
-    cpu_threads: int | None = Field(None, ge=1, description="CPU only: torch threads per engine")
+    cpu_reserved_cores: int = Field(
+        0, ge=0, description="CPU only: cores vLLM keeps free of compute (VLLM_CPU_NUM_OF_RESERVED_CPU)"
+    )
     vllm_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="further vllm.LLM keyword arguments, passed as given"
     )

@@ -142,7 +142,7 @@ def run_generate(plan: GeneratePlan, out: StageDir, overwrite: bool = False) -> 
         "wall_seconds_this_run": seconds,
         "tokens_per_s_this_run": new_tokens / seconds if seconds > 0 else None,
         "engine_tokens_per_s": new_tokens / gen_seconds if gen_seconds > 0 else None,
-        "engine_startup_seconds": max((m["stats"]["engine_startup_seconds"] for m in manifest), default=None),
+        "worker_startup_seconds": max((m["stats"]["worker_startup_seconds"] for m in manifest), default=None),
     }
     out.mark_done(summary)
     return summary

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -66,6 +67,7 @@ def run_shard_stage(
     if not tasks:
         return []
     import ray
+    from ray.util.annotations import RayDeprecationWarning
     from tqdm.auto import tqdm
 
     ctx = ray.data.DataContext.get_current()
@@ -74,24 +76,26 @@ def run_shard_stage(
     ds = ray.data.from_items(
         [{"task": json.dumps(t)} for t in tasks], override_num_blocks=len(tasks)
     )
-    # A lost actor (a crashed engine) is restarted and its shard retried, a bounded number of
-    # times: an input that kills the engine every time fails the stage instead of looping.
-    remote_args: dict[str, Any] = {"max_restarts": max_restarts, "max_task_retries": max_restarts}
-    if env_vars:
-        remote_args["runtime_env"] = {"env_vars": env_vars}
-    ds = ds.map_batches(
-        _WriteShards,
-        fn_constructor_kwargs={
-            "worker_cls": worker_cls,
-            "worker_kwargs": worker_kwargs,
-            "out_path": str(out.path),
-        },
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        **remote_args,
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates free-form remote args but has no named parameter for restarts yet.
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        ds = ds.map_batches(
+            _WriteShards,
+            fn_constructor_kwargs={
+                "worker_cls": worker_cls,
+                "worker_kwargs": worker_kwargs,
+                "out_path": str(out.path),
+            },
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            runtime_env={"env_vars": env_vars} if env_vars else None,
+            # A lost actor (a crashed engine) is restarted and its shard retried, a bounded number
+            # of times: an input that kills the engine every time fails the stage, not loops.
+            max_restarts=max_restarts,
+            max_task_retries=max_restarts,
+        )
     manifest = []
     with tqdm(total=len(tasks), desc=desc, unit="shard") as bar:
         for row in ds.iter_rows():

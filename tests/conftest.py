@@ -25,13 +25,16 @@ def smollm2_tokenizer():
     return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
 
 
-def build_tiny_llama(out_dir: Path, seed: int = 0) -> Path:
-    """A 2-layer random Llama (head_dim 64, as CPU vLLM attention needs) with SmolLM2's tokenizer."""
+def build_tiny_llama(out_dir: Path, seed: int = 0, head: str = "LlamaForCausalLM", **config_extra) -> Path:
+    """A 2-layer random Llama (head_dim 64, as CPU vLLM attention needs) with SmolLM2's tokenizer.
+
+    ``head`` names the transformers class (``LlamaForSequenceClassification`` for a reward model).
+    """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
     tokenizer = smollm2_tokenizer()
-    config = LlamaConfig(
+    config = transformers.LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
         intermediate_size=256,
@@ -43,9 +46,10 @@ def build_tiny_llama(out_dir: Path, seed: int = 0) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **config_extra,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float32)
+    model = getattr(transformers, head)(config).to(torch.float32)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

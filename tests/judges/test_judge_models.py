@@ -14,26 +14,10 @@ from judges.embedding import bundled_minilm
 @pytest.fixture(scope="module")
 def tiny_reward_model(tmp_path_factory):
     """A 2-layer random LlamaForSequenceClassification (head_dim 64) with SmolLM2's tokenizer."""
-    import torch
-    from conftest import smollm2_tokenizer
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from conftest import build_tiny_llama
 
-    tokenizer = smollm2_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny-rm")
-    LlamaForSequenceClassification(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return build_tiny_llama(out, head="LlamaForSequenceClassification", num_labels=1)
 
 
 def _rows():

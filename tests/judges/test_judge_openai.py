@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fault_server import FaultServer
+from vllm_server import serve_openai
 
 from judges.base import build, results_to_columns
 from judges.config import judge_settings
@@ -149,73 +143,12 @@ def test_missing_key_flags_rows_without_calls(monkeypatch):
 # --- a real OpenAI-compatible server: vllm serve with the tiny random model -------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_server(tiny_model_dir, tmp_path_factory):
     """``vllm serve`` on loopback; module-scoped so it is gone before another engine starts."""
-    port = _free_port()
     log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    env.pop(KEY_ENV, None)
-    # The module form of `vllm serve`: the `vllm` script looks up the distribution "vllm", which the
-    # CPU build installs as "vllm-cpu".
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vllm.entrypoints.openai.api_server",
-                "--model",
-                str(tiny_model_dir),
-                "--port",
-                str(port),
-                "--host",
-                "127.0.0.1",
-                "--dtype",
-                "float32",
-                "--enforce-eager",
-                "--max-model-len",
-                "1024",
-                "--served-model-name",
-                "tiny",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited: {log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"vllm serve did not start: {log.read_text()[-3000:]}") from None
-                time.sleep(1)
+    with serve_openai(tiny_model_dir, log, drop_env=(KEY_ENV,)) as url:
         yield url
-    finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 @pytest.mark.slow
