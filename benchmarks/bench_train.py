@@ -8,7 +8,7 @@ Trainer's own ``train_runtime`` (model load and Ray start excluded in both; the 
 per-step reporting and data handling stay in); the end-to-end wall time of the Ray path is
 reported beside it. The quickstart part runs ``selfcorrect build`` and ``selfcorrect train`` as
 subprocesses on quickstart-sized judged rows (24 prompts x 2 samples) and samples the summed RSS of
-their process tree (driver, Ray, workers) every 0.2 s.
+their process tree (driver, Ray, workers) every 0.5 s.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def through_ray(model_path: str, build, train_cfg, out: Path) -> tuple[float, fl
 
     from rl.train import run_train
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         start = time.perf_counter()
         run_train(train_cfg, model_path, build, out / "ray-train")

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from datagen.config import GenerateConfig, PromptsConfig, Strict
+from datagen.config import GenerateConfig, JudgePoolConfig, PromptsConfig, Strict
 from judges.config import JudgesConfig, default_judges
 from rl.config import BuildConfig, TrainConfig
 
@@ -40,6 +40,7 @@ class Config(Strict):
     prompts: PromptsConfig = PromptsConfig()
     generate: GenerateConfig = GenerateConfig()
     judges: JudgesConfig = Field(default_factory=default_judges, description="instance name -> settings")
+    judge_pool: JudgePoolConfig = JudgePoolConfig()
     build: BuildConfig = BuildConfig()
     train: TrainConfig = TrainConfig()
 

@@ -18,4 +18,6 @@ def init_ray(cfg: RayConfig) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=cfg.include_dashboard, **kwargs)
+        # "local", not None: with no address Ray joins whatever `ray start` left in
+        # /tmp/ray/ray_current_cluster, a stale file after a killed head included.
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=cfg.include_dashboard, **kwargs)

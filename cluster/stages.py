@@ -63,7 +63,9 @@ register(
 def _judge_prepare(cfg: Config) -> Any:
     from datagen.judging import plan_judge
 
-    return plan_judge(cfg.judges, cfg.run_dir, cfg.model, cfg.model_cache, cfg.generate.engine, cfg.seed)
+    return plan_judge(
+        cfg.judges, cfg.run_dir, cfg.model, cfg.model_cache, cfg.generate.engine, cfg.seed, cfg.judge_pool
+    )
 
 
 def _judge_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:

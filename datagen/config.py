@@ -87,6 +87,24 @@ class EngineConfig(Strict):
         return self
 
 
+class JudgePoolConfig(Strict):
+    """The judge stage's Ray actors; every judge a config names runs in each of them.
+
+    API judges' ``requests_per_min`` and ``tokens_per_min`` are totals: each actor gets its share.
+    """
+
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(1, ge=1, description="more actors judge more shards at once")
+    num_cpus: float = Field(1, gt=0, description="CPUs reserved per judge actor")
+    max_restarts: int = Field(3, ge=0, description="times a lost judge actor is restarted and its shard retried")
+
+    @model_validator(mode="after")
+    def _actors(self) -> JudgePoolConfig:
+        if self.max_actors < self.min_actors:
+            raise ValueError("max_actors must be >= min_actors")
+        return self
+
+
 class GenerateConfig(Strict):
     mode: Literal["two_attempt", "selfee", "sima", "single"] = Field(
         "two_attempt",

@@ -68,10 +68,12 @@ class GenerationWorker:
         self.llm = LLM(**engine_kwargs(self.cfg.engine, path, seed))
         # import, model resolution and engine start: the one-time cost of an actor
         self.startup_seconds = time.perf_counter() - started
+        self.ready_at = time.time()  # wall clock: comparable with the driver's
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self._metrics = _Metrics(model) if _in_ray() else None
         self._closing = False
+        self._engine_seconds = 0.0
         self._watch_engine()
 
     def close(self) -> None:
@@ -142,6 +144,7 @@ class GenerationWorker:
     def _generate(self, prompts: list[dict[str, Any]], params: list[Any]) -> list[Any]:
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        started = time.perf_counter()
         try:
             return self.llm.generate(prompts, params, use_tqdm=False)
         except EngineDeadError:
@@ -149,13 +152,19 @@ class GenerationWorker:
             # treats it as a lost actor (restart, retry) and not as a failed shard.
             print("vLLM engine died; ending the actor so Ray restarts it", file=sys.stderr, flush=True)
             os._exit(1)
+        finally:
+            self._engine_seconds += time.perf_counter() - started
 
     def __call__(self, task: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
         prompts = [Prompt.from_row(r) for r in task["prompts"]]
         started = time.perf_counter()
+        self._engine_seconds = 0.0
         rows = generate_rows(prompts, self.cfg, self.complete, model=self.model_name, seed=self.seed)
+        prompt_tokens: dict[str, int] = {}
         for row in rows:
-            row["prompt_tokens"] = len(self._encode(row["messages"]))
+            if row["prompt_id"] not in prompt_tokens:
+                prompt_tokens[row["prompt_id"]] = len(self._encode(row["messages"]))
+            row["prompt_tokens"] = prompt_tokens[row["prompt_id"]]
         seconds = time.perf_counter() - started
         tokens = sum(r["generated_tokens"] for r in rows)
         if self._metrics is not None:
@@ -165,7 +174,9 @@ class GenerationWorker:
             "samples": len(rows),
             "generated_tokens": tokens,
             "generate_seconds": seconds,
+            "engine_seconds": self._engine_seconds,  # inside vllm.LLM.generate; the rest is turn logic
             "worker_startup_seconds": self.startup_seconds,
+            "worker_ready_at": self.ready_at,
             "actor_pid": os.getpid(),
         }
         return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), stats

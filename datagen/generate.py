@@ -103,6 +103,7 @@ def run_generate(plan: GeneratePlan, out: StageDir, overwrite: bool = False) -> 
     ]
     engine = plan.cfg.engine
     started = time.perf_counter()
+    started_at = time.time()
     manifest = run_shard_stage(
         out,
         tasks,
@@ -131,7 +132,8 @@ def run_generate(plan: GeneratePlan, out: StageDir, overwrite: bool = False) -> 
             f"{len(keys)} unique keys"
         )
     new_tokens = sum(m["stats"]["generated_tokens"] for m in manifest)
-    gen_seconds = sum(m["stats"]["generate_seconds"] for m in manifest)
+    worker_seconds = sum(m["stats"]["generate_seconds"] for m in manifest)
+    engine_seconds = sum(m["stats"]["engine_seconds"] for m in manifest)
     summary = {
         "prompts": len(plan.prompts),
         "samples": table.num_rows,
@@ -141,8 +143,12 @@ def run_generate(plan: GeneratePlan, out: StageDir, overwrite: bool = False) -> 
         "tokens_this_run": new_tokens,
         "wall_seconds_this_run": seconds,
         "tokens_per_s_this_run": new_tokens / seconds if seconds > 0 else None,
-        "engine_tokens_per_s": new_tokens / gen_seconds if gen_seconds > 0 else None,
+        # per actor-second: inside vllm.LLM.generate only, and with the turn logic around it
+        "engine_tokens_per_s": new_tokens / engine_seconds if engine_seconds > 0 else None,
+        "worker_tokens_per_s": new_tokens / worker_seconds if worker_seconds > 0 else None,
         "worker_startup_seconds": max((m["stats"]["worker_startup_seconds"] for m in manifest), default=None),
+        # Ray Data planning, actor start, imports and engine start: until the first engine was ready
+        "startup_seconds": min((m["stats"]["worker_ready_at"] for m in manifest), default=started_at) - started_at,
     }
     out.mark_done(summary)
     return summary

@@ -3,8 +3,8 @@
 Each generate shard becomes the judge shard of the same number (``judge/part-NNNNN.parquet``),
 written atomically, so a killed stage resumes with every row once. All samples of a prompt share a
 generate shard, so pairwise and near-duplicate judgements stay within one task. Every judge the
-config names runs in the same actor (models are loaded once per actor); each writes its own
-``NAME_*`` columns (see ``datagen.records``). API judges cache their answers under
+config names runs in each of the stage's actors (``judge_pool``; models load once per actor); each
+writes its own ``NAME_*`` columns (see ``datagen.records``). API judges cache their answers under
 ``RUN_DIR/judge_cache/NAME``, outside the stage directory, so even ``--overwrite`` reruns for free.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datagen.config import EngineConfig
+from datagen.config import EngineConfig, JudgePoolConfig
 from datagen.engine import engine_env, engine_kwargs
 from datagen.models import resolve_model
 from datagen.pipeline import run_shard_stage
@@ -65,6 +65,7 @@ class JudgePlan:
     fingerprint: dict[str, Any]
     num_gpus: float
     env_vars: dict[str, str]
+    pool: JudgePoolConfig
 
 
 def plan_judge(
@@ -74,6 +75,7 @@ def plan_judge(
     model_cache: str,
     engine: EngineConfig,
     seed: int,
+    pool: JudgePoolConfig | None = None,
 ) -> JudgePlan:
     """Check the judge settings and the generate output, and fill in run-dependent defaults."""
     if not judges:
@@ -81,13 +83,19 @@ def plan_judge(
     inputs = StageDir(Path(run_dir).expanduser() / "generate")
     if not inputs.done():
         raise JudgeStageError(f"{inputs.path} is not complete: run the generate stage first")
+    pool = pool or JudgePoolConfig()
     filled: dict[str, JudgeSettings] = {}
     env: dict[str, str] = {}
     num_gpus = 0.0
     for name, settings in judges.items():
         update: dict[str, Any] = {}
-        if settings.type == "openai" and settings.cache_dir is None:
-            update["cache_dir"] = str(Path(run_dir).expanduser() / "judge_cache" / name)
+        if settings.type == "openai":
+            if settings.cache_dir is None:
+                update["cache_dir"] = str(Path(run_dir).expanduser() / "judge_cache" / name)
+            # the limits are the API's, shared by every actor that may be calling it
+            for key in ("requests_per_min", "tokens_per_min"):
+                if getattr(settings, key) is not None:
+                    update[key] = getattr(settings, key) / pool.max_actors
         if settings.type == "self_critic":
             path = settings.model or resolve_model(model, model_cache)
             kwargs = engine_kwargs(engine, path, seed)
@@ -104,7 +112,7 @@ def plan_judge(
         "generate": json.loads((inputs.path / "_stage.json").read_text()),
         "judges": {n: s.model_dump(exclude=PLACEMENT_KEYS) for n, s in filled.items()},
     }
-    return JudgePlan(filled, inputs, json.loads(json.dumps(fingerprint)), num_gpus, env)
+    return JudgePlan(filled, inputs, json.loads(json.dumps(fingerprint)), num_gpus, env, pool)
 
 
 def prompt_batches(rows: list[dict[str, Any]], size: int) -> list[list[int]]:
@@ -227,11 +235,12 @@ def run_judge(plan: JudgePlan, out: StageDir, overwrite: bool = False) -> dict[s
         tasks,
         JudgeWorker,
         {"judges": {n: s.model_dump() for n, s in plan.judges.items()}},
-        min_actors=1,
-        max_actors=1,
-        num_cpus=1,
+        min_actors=plan.pool.min_actors,
+        max_actors=plan.pool.max_actors,
+        num_cpus=plan.pool.num_cpus,
         num_gpus=plan.num_gpus,
         env_vars=plan.env_vars or None,
+        max_restarts=plan.pool.max_restarts,
         desc="judge",
     )
     expected = plan.inputs.read(columns=["prompt_id", "sample_idx"])

@@ -2,11 +2,15 @@
 second run that skips them all."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow.dataset as pads
+from vllm_server import free_port
 
 ROOT = Path(__file__).parents[2]
 
@@ -22,7 +26,17 @@ def test_run_every_stage_then_skip_them(tmp_path, tiny_model_dir):
         "build.builder=best_vs_worst", "build.judge=embedding",
         "train.max_steps=2", "train.batch_size=2", "train.max_length=128", "train.checkpoint_every=1",
     ]
-    first = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    # The record a killed `ray start --head` leaves behind: a run with no address must still start
+    # its own Ray, not try to join the dead head. (A short dir: Ray's socket paths go under it.)
+    ray_tmp = tempfile.mkdtemp(prefix="raytmp-")
+    (Path(ray_tmp) / "ray").mkdir()
+    (Path(ray_tmp) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        first = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert first.returncode == 0, first.stderr[-4000:]
     for stage in ("generate", "judge", "build", "train"):
         assert (run_dir / stage / "_SUCCESS.json").exists(), stage

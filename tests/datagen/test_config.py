@@ -63,6 +63,7 @@ def test_bad_value_names_key_and_reason():
         (["generate.enforce_revisions=5", "generate.max_revisions=2"], "enforce_revisions"),
         (["prompts.path=a.jsonl", "prompts.builtin=arithmetic"], "only one of prompts.path"),
         (["generate.engine.min_actors=3", "generate.engine.max_actors=2"], "max_actors"),
+        (["judge_pool.min_actors=2"], "judge_pool"),
     ],
 )
 def test_invalid_combinations(overrides, needle):

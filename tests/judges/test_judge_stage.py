@@ -73,6 +73,7 @@ def test_judge_stage_resumes_and_counts(tmp_path, ray_local):
                 "judges.openai.timeout_s=1",
                 "judges.openai.backoff_s=0.01",
                 "judges.openai.max_backoff_s=0.05",
+                "judge_pool.max_actors=2",  # two actors sharing one answer cache
             ],
         )
         summary = stage.run(cfg, stage.prepare(cfg), False)
@@ -122,3 +123,18 @@ def test_judge_stage_resumes_and_counts(tmp_path, ray_local):
     assert KEY_ENV in json.dumps(
         json.loads((out.path / "_stage.json").read_text())
     )  # the name, not the value
+
+
+def test_api_rate_limits_are_shared_by_the_pool(tmp_path):
+    from cluster.config import load_config
+    from cluster.stages import STAGES
+
+    run_dir = tmp_path / "run"
+    write_generate(run_dir, shards=1)
+    overrides = [f"run_dir={run_dir}", "judges.openai.requests_per_min=600", "judges.openai.tokens_per_min=90000"]
+    one = STAGES["judge"].prepare(load_config(None, overrides))
+    three = STAGES["judge"].prepare(load_config(None, [*overrides, "judge_pool.max_actors=3"]))
+    assert (one.judges["openai"].requests_per_min, one.judges["openai"].tokens_per_min) == (600, 90000)
+    assert (three.judges["openai"].requests_per_min, three.judges["openai"].tokens_per_min) == (200, 30000)
+    assert three.pool.max_actors == 3
+    assert one.fingerprint == three.fingerprint  # placement, not content: a finished stage stays valid
