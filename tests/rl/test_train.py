@@ -204,8 +204,8 @@ class KillOnce(TrainerCallback):
 
 
 def test_worker_killed_resumes_from_checkpoint_seeing_data_once(tmp_path, tiny_model_dir, ray_local):
-    if not ray_local.is_initialized():
-        ray_local.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if not ray_local.is_initialized():  # test_saved_model_loads_in_vllm shut it down
+        ray_local.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     # 8 prompts x 2 pairs (groups of 2); 4 pairs per optimizer step over 2 workers -> 4 steps
     rows = [
         judged_row(
