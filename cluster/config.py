@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from datagen.config import GenerateConfig, JudgePoolConfig, PromptsConfig, Strict
 from judges.config import JudgesConfig, default_judges
@@ -44,8 +44,14 @@ class Config(Strict):
     build: BuildConfig = BuildConfig()
     train: TrainConfig = TrainConfig()
 
+    @field_validator("run_dir", "model_cache")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        # Ray Train workers run in a directory of their own: a relative path must not reach them.
+        return str(Path(value).expanduser().absolute())
+
     def stage_dir(self, stage: str) -> Path:
-        return Path(self.run_dir).expanduser() / stage
+        return Path(self.run_dir) / stage
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

@@ -16,10 +16,12 @@ ROOT = Path(__file__).parents[2]
 
 
 def test_run_every_stage_then_skip_them(tmp_path, tiny_model_dir):
+    # run_dir relative to where the command runs, as in the quickstart: Ray Train's workers run
+    # in a directory of their own and must still find the build stage's files
     run_dir = tmp_path / "run"
     argv = [
-        sys.executable, "-m", "cluster.cli", "run", "configs/quickstart.yaml",
-        f"run_dir={run_dir}", f"model={tiny_model_dir}",
+        sys.executable, "-m", "cluster.cli", "run", str(ROOT / "configs/quickstart.yaml"),
+        "run_dir=run", f"model={tiny_model_dir}",
         "prompts.limit=4", "generate.n=3", "generate.max_tokens=8", "generate.shard_size=2",
         "generate.engine.max_model_len=512", "ray.num_cpus=2", "ray.include_dashboard=false",
         "judges.verifier=false", "judges.embedding={}",
@@ -34,7 +36,7 @@ def test_run_every_stage_then_skip_them(tmp_path, tiny_model_dir):
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)
     try:
-        first = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+        first = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert first.returncode == 0, first.stderr[-4000:]
@@ -47,6 +49,6 @@ def test_run_every_stage_then_skip_them(tmp_path, tiny_model_dir):
     trained = json.loads((run_dir / "train" / "_SUCCESS.json").read_text())
     assert trained["steps"] == 2 and (run_dir / "train" / "model" / "config.json").exists()
 
-    again = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stderr.count("done already") == 4

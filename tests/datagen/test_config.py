@@ -93,3 +93,11 @@ def test_unreadable_and_non_mapping_files(tmp_path):
     g.write_text("generate: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(g)
+
+
+def test_paths_are_made_absolute_where_the_command_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["run_dir=runs/a", "model_cache=~/models"])
+    assert cfg.run_dir == str(tmp_path / "runs" / "a")
+    assert cfg.model_cache == str(Path.home() / "models")
+    assert cfg.stage_dir("train") == tmp_path / "runs" / "a" / "train"
