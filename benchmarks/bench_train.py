@@ -7,7 +7,7 @@ model, LoRA settings, batch size and steps, with 2 CPU threads each. Throughput 
 Trainer's own ``train_runtime`` (model load and Ray start excluded in both; the Ray Train path's
 per-step reporting and data handling stay in); the end-to-end wall time of the Ray path is
 reported beside it. The quickstart part runs ``selfcorrect build`` and ``selfcorrect train`` as
-subprocesses on quickstart-sized judged rows (24 prompts x 2 samples) and samples the summed RSS of
+subprocesses on quickstart-sized judged rows (24 prompts x 2 samples) and samples the summed PSS of
 their process tree (driver, Ray, workers) every 0.5 s.
 """
 
