@@ -113,7 +113,8 @@ def test_judge_stage_resumes_and_counts(tmp_path, ray_local):
         zip(table.column("prompt_id").to_pylist(), table.column("sample_idx").to_pylist(), strict=True)
     )
     assert len(keys) == len(set(keys)) == 12
-    assert rerun_calls == again["judges"]["openai"]["calls"]
+    # A call sent on a connection the server had cut counts here but never reaches the server.
+    assert rerun_calls <= again["judges"]["openai"]["calls"]
     # Only requests that failed the first time may be asked again (flagged rows are not cached).
     assert rerun_calls <= 4 * (1 + cfg.judges["openai"].max_retries)
 
