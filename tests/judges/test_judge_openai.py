@@ -122,6 +122,7 @@ def test_cache_makes_reruns_free_and_the_key_never_leaks(tmp_path, caplog):
     assert results[bad].score1 is None and "HTTP 401" in results[bad].error and "***" in results[bad].error
     assert calls_first == 10  # one 401 (not retried, not cached) + 9 answers... then the rerun:
     assert again.stats.calls == 1 and again.stats.cache_hits == 9  # only the uncached 401 request
+    assert results_again[bad].score1 == 7.0 and results_again[bad].error == ""
     good = [i for i in range(5) if i != bad]
     assert [results_again[i].score1 for i in good] == [results[i].score1 for i in good]
     third = api_judge(server.base_url, cache_dir=str(cache))
