@@ -75,7 +75,7 @@ def plan_judge(
     model_cache: str,
     engine: EngineConfig,
     seed: int,
-    pool: JudgePoolConfig | None = None,
+    pool: JudgePoolConfig,
 ) -> JudgePlan:
     """Check the judge settings and the generate output, and fill in run-dependent defaults."""
     if not judges:
@@ -83,7 +83,6 @@ def plan_judge(
     inputs = StageDir(Path(run_dir).expanduser() / "generate")
     if not inputs.done():
         raise JudgeStageError(f"{inputs.path} is not complete: run the generate stage first")
-    pool = pool or JudgePoolConfig()
     filled: dict[str, JudgeSettings] = {}
     env: dict[str, str] = {}
     num_gpus = 0.0
