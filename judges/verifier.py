@@ -1,9 +1,11 @@
 """Ground-truth verifier: the 0/1 reward of SCoRe and the correctness flip of SCL.
 
-Math rows: the final answer is extracted from the response (``\\boxed{}``, ``## A ##``, "The
-answer is ...", else the last number) and compared with the reference by ``math-verify``
-(integers, decimals, fractions, LaTeX). Code rows: the HumanEval-style tests run in a sandboxed
-process (``judges.code_sandbox``). A response with no final answer scores 0.0 (the model failed);
+Math rows: the final answer is extracted from the response (``judges.answers``: the last explicit
+final statement, else the closing sentence; a response cut off by the token limit only by an
+explicit statement) and compared with the reference by ``math-verify`` (integers, decimals,
+fractions, LaTeX). The raw output records the answer, the rule that found it and the finish
+reason, so a score can be audited. Code rows: the HumanEval-style tests run in a sandboxed process
+(``judges.code_sandbox``). A response with no final answer scores 0.0 (the model failed);
 a row the verifier cannot judge (no reference, no tests, an unknown task) gets no score and an error.
 """
 
@@ -15,66 +17,18 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from judges.answers import Extraction, extract
 from judges.base import BaseJudge, JudgeResult, dumps, register
 from judges.code_sandbox import SandboxLimits, run_humaneval
 
-_NUMBER = r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+"
-_ANSWER_IS = re.compile(
-    r"(?:final answer|the answer|answer)\s*(?:is|:|=)\s*[:\s]*\$*\s*(.+?)\s*\$*\s*(?:\.\s|\.$|\n|$)",
-    re.IGNORECASE,
-)
-_HASHES = re.compile(r"##\s*(.+?)\s*##")
-_INLINE_MATH = re.compile(r"\$([^$]+)\$|\\\((.+?)\\\)")
 
+def extract_answer(text: str | None, finish: str | None = None) -> str | None:
+    """The final answer a response commits to, or None (``judges.answers.extract`` names the rule).
 
-def _last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced."""
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start < 0:
-        return None
-    i = text.index("{", start) + 1
-    depth, j = 1, i
-    while j < len(text) and depth:
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        j += 1
-    return text[i : j - 1].strip() if depth == 0 else None
-
-
-def extract_answer(text: str | None) -> str | None:
-    """The final answer a response gives, as a string, or None when it gives none.
-
-    Tried in order, each taking the last match: ``\\boxed{...}``, ``## A ##`` (SCL's format),
-    "The answer is A" / "Answer: A", a closing inline formula (``$...$``), and finally the last
-    number in the text.
-
-    >>> extract_answer("so it is \\\\boxed{\\\\frac{1}{2}}.")
-    '\\\\frac{1}{2}'
-    >>> extract_answer("12*7 = 84. The answer is 84.")
+    >>> extract_answer("12*7 = 84. The answer is 84 apples.")
     '84'
-    >>> extract_answer("no idea") is None
-    True
     """
-    if not text:
-        return None
-    boxed = _last_boxed(text)
-    if boxed:
-        return boxed
-    hashed = _HASHES.findall(text)
-    if hashed:
-        return hashed[-1]
-    said = _ANSWER_IS.findall(text)
-    if said:
-        answer = said[-1].strip().rstrip(".").strip()
-        if answer:
-            return answer
-    math = [a or b for a, b in _INLINE_MATH.findall(text)]
-    if math and re.search(r"\d", math[-1]):
-        # The last formula, when it is the last thing with a number in it ("... $\frac{3}{4}$.").
-        tail = text[text.rfind(math[-1]) + len(math[-1]) :]
-        if not re.search(r"\d", tail):
-            return math[-1].strip()
-    numbers = re.findall(_NUMBER, text)
-    return numbers[-1].replace(",", "") if numbers else None
+    return extract(text, finish).answer
 
 
 def answers_match(answer: str, reference: str, timeout_s: int | None = 5) -> bool:
@@ -101,13 +55,26 @@ def answers_match(answer: str, reference: str, timeout_s: int | None = 5) -> boo
     return norm(answer) == norm(reference)
 
 
-def check_math(response: str | None, reference: str, timeout_s: int | None = 5) -> tuple[float, str | None]:
+def score_math(
+    response: str | None, reference: str, timeout_s: int | None = 5, finish: str | None = None
+) -> tuple[float, Extraction]:
+    """Score a math response against the reference: (1.0 or 0.0, what was extracted and by which rule).
+
+    ``finish`` is the response's finish reason (``attempt1_finish``/``attempt2_finish``).
+    """
+    ref = extract(reference).answer if ("\\boxed" in reference or "##" in reference) else reference
+    found = extract(response, finish)
+    if found.answer is None:
+        return 0.0, found
+    return (1.0 if answers_match(found.answer, ref or reference, timeout_s) else 0.0), found
+
+
+def check_math(
+    response: str | None, reference: str, timeout_s: int | None = 5, finish: str | None = None
+) -> tuple[float, str | None]:
     """Score a math response against the reference: (1.0 or 0.0, the extracted answer)."""
-    ref = extract_answer(reference) if ("\\boxed" in reference or "##" in reference) else reference
-    answer = extract_answer(response)
-    if answer is None:
-        return 0.0, None
-    return (1.0 if answers_match(answer, ref or reference, timeout_s) else 0.0), answer
+    score, found = score_math(response, reference, timeout_s, finish)
+    return score, found.answer
 
 
 @register("verifier")
@@ -149,13 +116,14 @@ class Verifier(BaseJudge):
             text = row.get(f"attempt{slot}")
             if text is None:
                 continue
+            finish = row.get(f"attempt{slot}_finish")
             try:
-                score, answer = check_math(text, reference, self.settings.math_timeout_s)
+                score, found = score_math(text, reference, self.settings.math_timeout_s, finish)
             except Exception as e:  # sympy can fail on odd input; the row is flagged, not lost
                 res.flag(f"attempt{slot}: cannot compare answers: {type(e).__name__}: {e}")
                 continue
             setattr(res, f"score{slot}", score)
-            raw[f"answer{slot}"] = answer
+            raw.update({f"answer{slot}": found.answer, f"rule{slot}": found.rule, f"finish{slot}": finish})
         res.raw = dumps(raw)
 
     def _code(self, row: dict[str, Any], res: JudgeResult) -> None:
