@@ -44,8 +44,10 @@ _MATH_WORDS = {"sqrt", "pi", "infty", "inf", "sin", "cos", "tan", "log", "ln", "
 _FILLER = {
     "therefore", "thus", "so", "then", "now", "still", "actually", "indeed", "clearly", "simply", "just",
     "exactly", "equal", "equals", "to", "be", "about", "approximately", "roughly", "of", "course", "definitely",
-    "a", "total", "final", "answer", "is", "we", "get", "have", "it", "the", "as", "follows", "correct",
+    "a", "total", "final", "answer", "is", "we", "get", "have", "it", "the", "as", "follows", "correct", "that",
 }
+# "The problem with the answer: 20 is not equal to 20.375": a number being refuted is no answer.
+_REFUTED = re.compile(r"(?:is|was|are)\s+(?:not\b|wrong|incorrect)|isn't|wasn't", re.IGNORECASE)
 _SPACE_THOUSANDS = re.compile(r"(?<=\d)[ \u00a0\u202f](?=\d{3}(?!\d))")
 _COMMA_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _NUMBER = re.compile(
@@ -148,7 +150,7 @@ def clean_answer(candidate: str) -> str | None:
         parts = [p.strip() for p in s.split("=")]
         bare = [p for p in parts if re.fullmatch(r"-?\d+(?:\.\d+)?(?:/\d+)?%?", p)]
         s = bare[-1] if bare else parts[-1]
-    s = s.strip().rstrip(".,:;!?# ").strip()
+    s = s.strip().rstrip(".,:;!?#+-*/×÷ ").strip()
     if s.count("(") < s.count(")"):
         s = s.rstrip(")").strip()
     if not s or not (re.search(r"\d", s) or re.search(r"\\(?:frac|sqrt|pi|infty)", s) or re.fullmatch(r"\([A-E]\)", s)):
@@ -196,7 +198,7 @@ def _explicit(text: str) -> list[tuple[int, bool, str, str]]:
     end of the text did not shorten it.
     """
     found: list[tuple[int, bool, str, str]] = []
-    size = len(text.rstrip())
+    size = len(text)
     for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
         end = _balanced(text, m.end() - 1)
         if end > 0:
@@ -213,10 +215,12 @@ def _explicit(text: str) -> list[tuple[int, bool, str, str]]:
                 continue
             line = _line_after(text, m.end(), m.start())
             answer = clean_answer(line)
-            if answer:
+            prose = _WORD.search(line)
+            if answer and not (prose and _REFUTED.match(line, prose.start())):
                 at = text.find(line, m.end())
-                last_digit = max(i for i, c in enumerate(line) if c.isdigit()) if re.search(r"\d", line) else -1
-                found.append((m.start(), at + last_digit + 1 < size, rule, answer))
+                last_digit = max((i for i, c in enumerate(line) if c.isdigit()), default=-1)
+                closed = bool(re.search(r"[^\s+\-*/×÷=^(]", text[at + last_digit + 1 : size]))
+                found.append((m.start(), closed, rule, answer))
     for m in _IS_THE_ANSWER.finditer(text):
         # "... = 33, which is the answer": the last number of the sentence so far
         before = re.split(r"(?<!\d)\.(?!\d)|\n", text[: m.start()])[-1]

@@ -1,4 +1,5 @@
-"""The verifier on hand-written answers, and the code sandbox against hostile programs."""
+"""The verifier on hand-written answers and on generated rows judged as the judge stage judges them,
+and the code sandbox against hostile programs."""
 
 from __future__ import annotations
 
@@ -6,12 +7,19 @@ import json
 import socket
 import time
 
+import pyarrow as pa
 import pytest
 
+from datagen.config import GenerateConfig
+from datagen.judging import JudgeWorker
+from datagen.records import SAMPLE_SCHEMA, Prompt
+from datagen.turns import Completion, generate_rows
 from judges.base import build
 from judges.code_sandbox import SandboxLimits, network_namespace_works, run_humaneval, run_program
 from judges.config import judge_settings
 from judges.verifier import check_math, extract_answer
+from rl.builders import build_scl
+from rl.config import BuildConfig
 
 
 @pytest.mark.parametrize(
@@ -156,3 +164,67 @@ def test_run_humaneval_assembles_program():
         LIMITS,
     )
     assert out.passed, out.stderr_tail
+
+
+# --- across the seam: rows as the generate stage writes them, judged as the judge stage does ------
+
+
+class ScriptedModel:
+    """A completer for ``generate_rows``: attempt 1 and attempt 2 texts by sample, with finish reasons.
+
+    Attempt 2 is looked up by the attempt-1 text the conversation carries.
+    """
+
+    def __init__(self, script: dict[str, list[tuple[Completion, Completion]]]):
+        self.script = script
+
+    def __call__(self, requests):
+        out = []
+        for r in requests:
+            if len(r.conversation) == 1:  # attempt 1: n samples of one request
+                out.append([first for first, _ in self.script[r.conversation[0]["content"]]][: r.n])
+            else:
+                question, first = r.conversation[0]["content"], r.conversation[1]["content"]
+                out.append([second for a1, second in self.script[question] if a1.text == first])
+        return out
+
+
+def test_generated_rows_judged_through_the_judge_stage_path():
+    q = "Ava has 5 marbles and Ben gives Ava 7 more. How many marbles does Ava have now?"
+    prompt = Prompt("arith-q", [{"role": "user", "content": q}], reference="12", task="math")
+    c = Completion
+    script = {
+        q: [
+            # right, then talked out of it: the last explicit statement counts, not "I added wrongly"
+            (c("5 + 7 = 12. The answer is 12 marbles.", 14, "stop"),
+             c("Looking at my previous answer: I added wrongly. 5 + 8 = 13. The correct total is 13.", 20, "stop")),
+            # cut off mid-way: its last number is not an answer; the retry says it in bold
+            (c("Ava has 5 marbles. 5 + 7 = 12, and then we need to", 128, "length"),
+             c("The answer is **12**.", 6, "stop")),
+            # an explicit answer before the cut still counts
+            (c("The answer is 12. Let me check: 12 - 7 = 5 and", 128, "length"),
+             c("## Step 1 ##\n5 + 7 = 12\n## 12 ##", 16, "stop")),
+        ]
+    }
+    cfg = GenerateConfig(mode="two_attempt", n=3)
+    rows = generate_rows([prompt], cfg, ScriptedModel(script), model="scripted", seed=0)
+    table = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+    judged, stats = JudgeWorker({"verifier": {}}).judge_table(table)
+
+    out = judged.to_pylist()
+    assert [(r["verifier_score1"], r["verifier_score2"]) for r in out] == [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)]
+    assert [r["verifier_error"] for r in out] == ["", "", ""]
+    raw = [json.loads(r["verifier_raw"]) for r in out]
+    assert raw[0] == {
+        "reference": "12",
+        "answer1": "12", "rule1": "answer_is", "finish1": "stop",
+        "answer2": "13", "rule2": "correct_is", "finish2": "stop",
+    }
+    assert raw[1]["answer1"] is None and raw[1]["finish1"] == "length"
+    assert raw[1]["rule1"] == "none: truncated (finish=length) before any explicit final answer"
+    assert (raw[2]["answer1"], raw[2]["rule1"], raw[2]["answer2"], raw[2]["rule2"]) == ("12", "answer_is", "12",
+                                                                                        "scl_hashes")
+    assert stats["verifier"]["rows"] == 3 and stats["verifier"]["errors"] == 0
+    # SCL keeps the two flips, the right attempt as chosen
+    pairs = build_scl(out, BuildConfig(builder="scl")).examples
+    assert len(pairs) == 2

@@ -1,0 +1,83 @@
+"""How often a verifier's 0/1 math scores agree with a person's reading of the same responses.
+
+    python benchmarks/verifier_agreement.py [--labels tests/judges/data/hand_checked.jsonl] [--code DIR]
+
+The labels (one line per attempt: the response, its finish reason, the reference, the final answer a
+person read in it or null, and whether that answer is right) are regrouped into sample rows and
+scored by the ``verifier`` judge exactly as the judge stage calls it, so finish reasons travel in
+``attempt1_finish``/``attempt2_finish``. ``--code DIR`` imports the judges package from another
+checkout, to compare versions of the verifier on the same labels. Prints per-attempt and per-row
+agreement of the scores, agreement of the extracted answers, and the disagreements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--labels", default=str(ROOT / "tests" / "judges" / "data" / "hand_checked.jsonl"))
+    ap.add_argument("--code", default=str(ROOT), help="checkout whose judges package is measured")
+    ap.add_argument("--quiet", action="store_true", help="no list of disagreements")
+    args = ap.parse_args()
+    sys.path.insert(0, args.code)
+    from judges.base import build
+    from judges.config import judge_settings
+    from judges.verifier import answers_match
+
+    labels = [json.loads(line) for line in Path(args.labels).read_text().splitlines() if line.strip()]
+    rows: dict[tuple[str, int], dict] = {}
+    for lab in labels:
+        row = rows.setdefault(
+            (lab["prompt_id"], lab["sample_idx"]),
+            {"prompt_id": lab["prompt_id"], "sample_idx": lab["sample_idx"], "task": "math",
+             "reference": lab["reference"], "metadata": "{}", "labels": {}},
+        )
+        row[f"attempt{lab['attempt']}"] = lab["text"]
+        row[f"attempt{lab['attempt']}_finish"] = lab["finish"]
+        row["labels"][lab["attempt"]] = lab
+    judge = build("verifier", judge_settings("verifier", {}))
+    results = judge.judge(list(rows.values()))
+
+    n = score_ok = answer_ok = rows_ok = 0
+    misses = []
+    for row, res in zip(rows.values(), results, strict=True):
+        raw = json.loads(res.raw or "{}")
+        row_ok = True
+        for slot, lab in sorted(row["labels"].items()):
+            score = getattr(res, f"score{slot}")
+            got = raw.get(f"answer{slot}")
+            want = lab["label_answer"]
+            same_score = (score == 1.0) == lab["label_correct"]
+            same_answer = got == want or (got is not None and want is not None and answers_match(got, want))
+            n += 1
+            score_ok += same_score
+            answer_ok += same_answer
+            row_ok &= same_score
+            if not same_score:
+                misses.append(
+                    f"  {row['prompt_id']} s{row['sample_idx']} attempt{slot} ({lab['finish']}): "
+                    f"ref {lab['reference']}, "
+                    f"label {want!r} ({'right' if lab['label_correct'] else 'wrong'}), verifier {got!r} -> {score}"
+                    + (f" [{raw.get(f'rule{slot}')}]" if raw.get(f"rule{slot}") else "")
+                )
+        rows_ok += row_ok
+    print(f"verifier from {args.code}: {len(rows)} rows, {n} judgements")
+    print(f"  score agreement per judgement: {score_ok}/{n} = {score_ok / n:.3f}")
+    print(f"  score agreement per row (both attempts): {rows_ok}/{len(rows)} = {rows_ok / len(rows):.3f}")
+    print(f"  extracted answer = labelled answer: {answer_ok}/{n} = {answer_ok / n:.3f}")
+    print(f"  labelled right: {sum(lab['label_correct'] for lab in labels)}; verifier right: "
+          f"{sum(1 for r in results for s in (r.score1, r.score2) if s == 1.0)}")
+    if misses and not args.quiet:
+        print("score disagreements:")
+        print("\n".join(misses))
+
+
+if __name__ == "__main__":
+    main()
