@@ -5,12 +5,14 @@ Models state answers in many ways ("The answer is 12 marbles.", "**12**", ``\\bo
 12. Wait, 7+6 is 13, so the answer is 13."). The rules, in order of trust:
 
 1. *explicit* final statements — ``\\boxed{}``/``\\fbox{}``, ``## A ##``, "answer is / answer: /
-   final answer / correct answer is", "the correct (final, right ...) total/result/number is".
-   The last one in the text wins; one that holds no answer ("Answer: I added wrongly", "## Step 1 ##",
-   "The answer is N") is skipped, and one about an earlier answer ("my previous answer is 12") too.
-2. with none of those: the last sentence that holds a number — the number after its last "=", else
-   the first number of a conclusion ("Therefore, Ava has 12 apples after ..."), else the formula
-   (``$...$``) that holds its last number, else its last number.
+   final answer / correct answer is", "the correct (final, right ...) total/result/number is",
+   "..., which is the answer". The last one in the text wins; one that holds no answer ("Answer: I
+   added wrongly", "## Step 1 ##", "The answer is N") is skipped, and so is one about an earlier
+   answer ("my previous answer is 12") or a refuted one ("the answer: 20 is not equal to ...").
+2. with none of those: the last sentence that holds a number — the number after its last "=" (none
+   when the equation ends in a letter: "4 + 3 = N"), else the first number of a conclusion
+   ("Therefore, Ava has 12 apples after ..."), else the formula (``$...$``) that holds its last
+   number, else its last number.
 
 A response cut off by the token limit may stop in the middle of a calculation, so its last number
 means nothing: only an explicit statement that ended before the cut counts.
