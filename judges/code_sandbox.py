@@ -282,9 +282,7 @@ def completion_code(prompt: str, completion: str, entry_point: str) -> str:
     return prompt + completion
 
 
-def run_humaneval(
-    prompt: str, completion: str, test: str, entry_point: str, limits: SandboxLimits
-) -> Outcome:
+def run_humaneval(prompt: str, completion: str, test: str, entry_point: str, limits: SandboxLimits) -> Outcome:
     """HumanEval's check: prompt + completion + test + ``check(entry_point)`` must run to its end."""
     program = f"{completion_code(prompt, completion, entry_point)}\n\n{test}\n\ncheck({entry_point})\n"
     return run_program(program, limits)
