@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from datagen.config import PromptsConfig
-from datagen.records import TASKS, Prompt, validate_messages
+from datagen.records import CODE_ENTRY_POINT, CODE_PROMPT, CODE_TEST, TASKS, Prompt, validate_messages
 
 
 class PromptError(ValueError):
@@ -224,7 +224,7 @@ def humaneval(cfg: PromptsConfig) -> Iterator[Prompt]:
                 ],
                 reference=p["canonical_solution"],
                 task="code",
-                metadata={"code_prompt": p["prompt"], "test": p["test"], "entry_point": p["entry_point"]},
+                metadata={CODE_PROMPT: p["prompt"], CODE_TEST: p["test"], CODE_ENTRY_POINT: p["entry_point"]},
             )
 
 

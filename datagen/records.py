@@ -5,7 +5,7 @@ judges (which only read records) stay light enough to run anywhere.
 
 A *prompt* has a stable ``prompt_id``, chat ``messages`` (a plain-text prompt becomes one user
 message), an optional ``reference`` answer, a ``task`` type (``math``, ``code`` or ``open``) and a
-JSON ``metadata`` string (HumanEval's tests and entry point live there).
+JSON ``metadata`` string (a code prompt's stub, tests and entry point live there, under ``CODE_*``).
 
 A *sample* is one row of the generate stage, keyed by ``(prompt_id, sample_idx)``; its turns are
 kept both as named columns (``attempt1``, ``critique``, ``attempt2``, ``feedbacks``,
@@ -70,6 +70,11 @@ SAMPLE_SCHEMA = pa.schema(
 )
 
 KEY = ("prompt_id", "sample_idx")
+
+# Metadata keys of a code prompt (HumanEval style): prompt sources write them, the verifier reads them.
+CODE_PROMPT = "code_prompt"  # the stub the answer completes: imports, signature, docstring
+CODE_TEST = "test"  # defines check(candidate)
+CODE_ENTRY_POINT = "entry_point"  # the function check() is called with
 
 
 @dataclass(frozen=True)

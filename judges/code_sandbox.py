@@ -1,20 +1,47 @@
-"""Run untrusted code (HumanEval-style tests) in a separate, limited process; never in ours.
+"""Run untrusted code (HumanEval-style tests) in a sandboxed process; never in ours.
 
-The child is a fresh ``python -I`` reading the program from stdin, in its own session (process
-group) and an empty temporary directory, with an environment of nothing but ``PATH`` (no API keys).
-Before it starts it gets: a private network namespace (no interfaces but a down loopback) where
-the kernel allows it, else a prelude that makes socket creation fail; limits on address space,
-CPU time, file size and processes. When we run as root the child also drops to an unprivileged
-uid, because the kernel ignores the process limit for root. On timeout the whole process group
-is killed, so a forked or backgrounded grandchild does not outlive the run.
+What a run gets (``judges.sandbox_init`` builds it; ``isolation()`` says which level this host has):
+
+- ``userns`` (any user where the kernel allows user namespaces; root always): new user, mount,
+  PID, network, IPC and UTS namespaces. The program runs as uid 1000 inside, mapped outside to our
+  own uid, or, when we are root, to a fresh unprivileged uid per run; it has no capabilities.
+- ``root`` (root where user namespaces are refused): the same namespaces without the user one, and
+  a fresh unprivileged uid per run.
+- ``none``: only limits, a new session and a scrubbed environment. Untrusted code is refused at
+  this level unless the user accepts the risk (``judges.verifier.unsafe_code: true``).
+
+In the first two the program sees a new root: the interpreter's directories, ``/usr``, ``/lib*``,
+``/bin`` and ``/etc/ld.so.cache`` read-only; ``/dev/{null,zero,full,random,urandom}``; its own
+size-limited tmpfs at ``/tmp``, ``/dev/shm`` and its working directory ``/work``; no ``/proc`` (so
+no other process's environment or memory, and not its own), no repository, no home, no ``/etc``.
+The network namespace has only a down loopback: TCP to the host, unix sockets to host paths and
+abstract sockets all fail. The environment is ``PATH`` only. Its PID 1 is our init: when the
+program exits, or the run times out and we kill the init, the kernel kills every process left in
+the namespace, ``setsid()`` and double forks included. Per process: address space, CPU seconds,
+file size and no core dumps; per run: the process count (``RLIMIT_NPROC`` is counted per user
+namespace, or per uid, and each run has its own), so a fork bomb in one run cannot starve another.
+
+A pass means the tests ran to the end: the program's exit status is not trusted. The harness
+reads a random per-run token from a pipe (never in the program text, argv, environment or stdin),
+and writes it to a second pipe only after the program returned normally; ``sys.exit(0)``,
+``os._exit(0)``, killing itself, ``atexit`` tricks or closing stdout leave that pipe empty.
+
+What remains possible, so nobody over-trusts it: the program runs in the harness's interpreter,
+so in-process introspection that reaches the harness's closure forges a pass. The harness keeps
+the token only in an audit hook's closure and ends the process on the known ways there (``gc``
+referrer walks, tracing, ``ctypes``, hand-made code objects; ``/proc/self/mem`` is absent and the
+process is not dumpable), but crafted bytecode through ``marshal`` or a CPython memory-safety bug
+would still get there. And a program can pass tests it should fail without touching the harness:
+a return value whose ``__eq__`` is always true, or text that rewrites the tests that follow it.
 """
 
 from __future__ import annotations
 
-import ctypes
+import hmac
+import json
 import os
 import re
-import resource
+import secrets
 import shutil
 import signal
 import stat
@@ -25,17 +52,16 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
-CLONE_NEWNET = 0x40000000
-NOBODY = 65534
+from judges import sandbox_init
 
-# Runs first in the child when no network namespace could be made: no new sockets.
-NO_SOCKET_PRELUDE = """\
-import socket as _s
-def _no_network(*a, **k):
-    raise OSError("network access is disabled in the sandbox")
-_s.socket = _s.create_connection = _s.socketpair = _s.create_server = _no_network
-del _s
-"""
+MODES = ("userns", "root", "none")
+WORKDIR = "/work"
+# A fresh outside uid per run when we are root: far above real users, below the overflow ids.
+RUN_UID_BASE, RUN_UID_SPAN = 1_500_000_000, 500_000_000
+
+
+class SandboxUnavailable(RuntimeError):
+    """No isolation could be had on this host, and running unisolated was not allowed."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +70,9 @@ class SandboxLimits:
     memory_mb: int = 1024
     max_procs: int = 64
     python: str | None = None
+    file_mb: int = 16
+    tmpfs_mb: int = 64
+    allow_unsafe: bool = False
 
 
 @dataclass
@@ -54,9 +83,10 @@ class Outcome:
     seconds: float
     isolation: str
     stderr_tail: str
+    error: str = ""  # the sandbox could not be set up: the program did not run
 
     def summary(self) -> dict:
-        return {
+        out = {
             "passed": self.passed,
             "rc": self.returncode,
             "timeout": self.timed_out,
@@ -64,6 +94,9 @@ class Outcome:
             "isolation": self.isolation,
             "stderr": self.stderr_tail,
         }
+        if self.error:
+            out["error"] = self.error
+        return out
 
 
 def _world_executable(path: str) -> bool:
@@ -76,97 +109,44 @@ def _world_executable(path: str) -> bool:
     return bool(os.stat(real).st_mode & stat.S_IXOTH)
 
 
-def _interpreter(explicit: str | None, drop_uid: bool) -> str:
+def interpreter(explicit: str | None, mode: str) -> str:
+    """The python that runs the tests: the given one, else the base interpreter of ours (no venv).
+
+    Without a private root, a root user's interpreter under ``/root`` is out of reach of the
+    unprivileged uid; the system python serves then (HumanEval needs only the standard library).
+    """
     if explicit:
-        return explicit
-    if not drop_uid or _world_executable(sys.executable):
-        return sys.executable
-    # HumanEval tests need only the standard library; the system python serves the nobody user.
+        return os.path.realpath(explicit)
+    python = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    if mode != "none" or os.geteuid() != 0 or _world_executable(python):
+        return python
     for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
         if os.path.exists(candidate) and _world_executable(candidate):
-            return candidate
-    return sys.executable
+            return os.path.realpath(candidate)
+    return python
 
 
-def _unshare_net() -> bool:
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.unshare(CLONE_NEWNET) == 0
+def _binds(python: str) -> list[str]:
+    """Host paths the interpreter needs: system library dirs and its own installation prefix."""
+    paths = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache"]
+    prefix = os.path.dirname(os.path.dirname(python))  # PREFIX/bin/python3.X
+    if prefix not in ("/", "/usr") and not prefix.startswith("/usr/"):
+        paths.append(prefix)
+    return [p for p in paths if os.path.lexists(p)]
 
 
-@lru_cache(maxsize=1)
-def network_namespace_works() -> bool:
-    """Probe once whether a child can get its own network namespace (root, or user namespaces)."""
+def _read_available(fd: int, limit: int = 4096) -> bytes:
+    os.set_blocking(fd, False)
     try:
-        r = subprocess.run(
-            [sys.executable, "-I", "-c", "pass"],
-            preexec_fn=lambda: _unshare_net() or os._exit(3),
-            capture_output=True,
-            timeout=30,
-        )
-        return r.returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+        return os.read(fd, limit)
+    except BlockingIOError:
+        return b""
 
 
-def _child_setup(limits: SandboxLimits, netns: bool, drop_uid: bool, workdir: str):
-    def setup() -> None:  # runs in the child between fork and exec
-        if netns and not _unshare_net():
-            os._exit(97)
-        mem = limits.memory_mb * 1024 * 1024
-        cpu = int(limits.timeout_s) + 2
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_procs, limits.max_procs))
-        if drop_uid:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-        os.chdir(workdir)
-
-    return setup
-
-
-def run_program(source: str, limits: SandboxLimits) -> Outcome:
-    """Run ``source`` in the sandbox; passed means exit status 0 within the time limit."""
-    drop_uid = os.geteuid() == 0
-    netns = network_namespace_works()
-    program = source if netns else NO_SOCKET_PRELUDE + source
-    workdir = tempfile.mkdtemp(prefix="sc-sandbox-")
-    if drop_uid:
-        os.chown(workdir, NOBODY, NOBODY)
-    cmd = [_interpreter(limits.python, drop_uid), "-I", "-"]
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={"PATH": "/usr/bin:/bin"},
-        start_new_session=True,
-        preexec_fn=_child_setup(limits, netns, drop_uid, workdir),
-    )
-    timed_out = False
-    try:
-        _, err = proc.communicate(program.encode(), timeout=limits.timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        _killpg(proc.pid)
-        _, err = proc.communicate()
-    finally:
-        _killpg(proc.pid)  # grandchildren left in the group die with the run
-        shutil.rmtree(workdir, ignore_errors=True)
-    isolation = ("netns" if netns else "no-socket") + ("+nobody" if drop_uid else "")
-    tail = (err or b"").decode(errors="replace")[-500:]
-    return Outcome(
-        passed=not timed_out and proc.returncode == 0,
-        returncode=proc.returncode,
-        timed_out=timed_out,
-        seconds=time.monotonic() - start,
-        isolation=isolation,
-        stderr_tail=tail,
-    )
+def _tail(f, size: int = 1000) -> str:
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - size))
+    return f.read().decode(errors="replace")
 
 
 def _killpg(pgid: int) -> None:
@@ -174,6 +154,114 @@ def _killpg(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _run(source: str, limits: SandboxLimits, mode: str) -> Outcome:
+    python = interpreter(limits.python, mode)
+    host_root = os.geteuid() == 0
+    run_uid = RUN_UID_BASE + secrets.randbelow(RUN_UID_SPAN)
+    token = secrets.token_hex(16).encode()
+    root_dir = tempfile.mkdtemp(prefix="sc-sandbox-")
+    if mode == "none" and host_root:
+        os.chown(root_dir, run_uid, run_uid)
+    token_r, token_w = os.pipe()
+    result_r, result_w = os.pipe()
+    setup_r, setup_w = os.pipe()
+    os.write(token_w, token)
+    os.close(token_w)
+    cfg = {
+        "mode": mode,
+        "python": python,
+        "binds": _binds(python),
+        "root_dir": root_dir,
+        "workdir": root_dir if mode == "none" else WORKDIR,
+        "host_root": host_root,
+        "outer_uid": run_uid if host_root else os.geteuid(),
+        "outer_gid": run_uid if host_root else os.getegid(),
+        "parent_pid": os.getpid(),
+        "token_fd": token_r,
+        "result_fd": result_w,
+        "setup_fd": setup_w,
+        "memory_mb": limits.memory_mb,
+        "cpu_s": int(limits.timeout_s) + 1,
+        "file_mb": limits.file_mb,
+        "tmpfs_mb": limits.tmpfs_mb,
+        "max_procs": limits.max_procs,
+    }
+    timed_out = False
+    start = time.monotonic()
+    try:
+        with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as stderr:
+            stdin.write(source.encode())
+            stdin.seek(0)
+            try:
+                proc = subprocess.Popen(
+                    [python, "-I", "-S", sandbox_init.__file__, json.dumps(cfg)],
+                    stdin=stdin,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,  # a file: a chatty program cannot fill our memory (RLIMIT_FSIZE caps it)
+                    env={"PATH": "/usr/bin:/bin"},
+                    pass_fds=(token_r, result_w, setup_w),
+                    start_new_session=True,
+                )
+            finally:
+                for fd in (token_r, result_w, setup_w):
+                    os.close(fd)
+            try:
+                rc = proc.wait(timeout=limits.timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _killpg(proc.pid)  # the init dies with its group, and the namespace with it
+                rc = proc.wait()
+            _killpg(proc.pid)  # without a PID namespace (mode none), what is left of the group
+            seconds = time.monotonic() - start
+            got = _read_available(result_r)
+            setup_error = _read_available(setup_r).decode(errors="replace").strip()
+            tail = _tail(stderr)
+    finally:
+        for fd in (result_r, setup_r):
+            os.close(fd)
+        shutil.rmtree(root_dir, ignore_errors=True)
+    return Outcome(
+        passed=not timed_out and not setup_error and hmac.compare_digest(got, token),
+        returncode=rc,
+        timed_out=timed_out,
+        seconds=seconds,
+        isolation=mode,
+        stderr_tail=tail,
+        error=setup_error,
+    )
+
+
+@lru_cache(maxsize=8)
+def isolation(python: str | None = None) -> tuple[str, str]:
+    """The best isolation that runs a trivial program on this host, and why better ones did not.
+
+    Tried once per process (and interpreter): ``userns``, then ``root`` when we are root, else ``none``.
+    """
+    why = []
+    for mode in MODES[:2]:
+        if mode == "root" and os.geteuid() != 0:
+            continue
+        out = _run("pass\n", SandboxLimits(timeout_s=30, python=python), mode)
+        if out.passed:
+            return mode, ""
+        why.append(f"{mode}: {out.error or out.stderr_tail.strip()[-200:] or f'exit status {out.returncode}'}")
+    return "none", "; ".join(why)
+
+
+def run_program(source: str, limits: SandboxLimits) -> Outcome:
+    """Run ``source`` in the best sandbox this host has; passed means it ran to its end in time.
+
+    Raises ``SandboxUnavailable`` when there is no isolation and ``limits.allow_unsafe`` is off.
+    """
+    mode, why = isolation(limits.python)
+    if mode == "none" and not limits.allow_unsafe:
+        raise SandboxUnavailable(
+            f"no isolation for untrusted code on this host ({why}); "
+            "set judges.verifier.unsafe_code=true to run it with only resource limits"
+        )
+    return _run(source, limits, mode)
 
 
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
@@ -194,9 +282,7 @@ def completion_code(prompt: str, completion: str, entry_point: str) -> str:
     return prompt + completion
 
 
-def run_humaneval(
-    prompt: str, completion: str, test: str, entry_point: str, limits: SandboxLimits
-) -> Outcome:
-    """HumanEval's check: prompt + completion + test + ``check(entry_point)`` must exit 0."""
+def run_humaneval(prompt: str, completion: str, test: str, entry_point: str, limits: SandboxLimits) -> Outcome:
+    """HumanEval's check: prompt + completion + test + ``check(entry_point)`` must run to its end."""
     program = f"{completion_code(prompt, completion, entry_point)}\n\n{test}\n\ncheck({entry_point})\n"
     return run_program(program, limits)

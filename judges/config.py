@@ -42,7 +42,13 @@ class VerifierSettings(JudgeSettings):
     code_memory_mb: int = Field(1024, ge=64, description="address-space limit of a test run")
     code_max_procs: int = Field(64, ge=1, description="process limit of a test run (stops fork bombs)")
     code_workers: int = Field(2, ge=1, description="test runs at once")
-    code_python: str | None = Field(None, description="interpreter for tests (default: this one, or python3)")
+    code_python: str | None = Field(None, description="interpreter for tests (default: the base of this one)")
+    code_tmpfs_mb: int = Field(64, ge=1, description="size of each of a test run's /tmp, /dev/shm and /work")
+    unsafe_code: bool = Field(
+        False,
+        description="run generated code even where no sandbox isolation (namespaces) can be had; "
+        "otherwise such rows are flagged, not run",
+    )
 
 
 class RewardModelSettings(JudgeSettings):

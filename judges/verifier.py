@@ -12,14 +12,18 @@ a row the verifier cannot judge (no reference, no tests, an unknown task) gets n
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from datagen.records import CODE_ENTRY_POINT, CODE_PROMPT, CODE_TEST
 from judges.answers import Extraction, extract
 from judges.base import BaseJudge, JudgeResult, dumps, register
-from judges.code_sandbox import SandboxLimits, run_humaneval
+from judges.code_sandbox import SandboxLimits, isolation, run_humaneval
+
+log = logging.getLogger(__name__)
 
 
 def extract_answer(text: str | None, finish: str | None = None) -> str | None:
@@ -88,7 +92,11 @@ class Verifier(BaseJudge):
             memory_mb=settings.code_memory_mb,
             max_procs=settings.code_max_procs,
             python=settings.code_python,
+            tmpfs_mb=settings.code_tmpfs_mb,
+            allow_unsafe=settings.unsafe_code,
         )
+        self._refusal: str | None = None  # why code rows cannot run here ("" when they can); probed once
+        self._probe_lock = threading.Lock()
 
     def judge(self, rows: list[dict[str, Any]]) -> list[JudgeResult]:
         results = [JudgeResult() for _ in rows]
@@ -131,17 +139,45 @@ class Verifier(BaseJudge):
             meta = json.loads(row.get("metadata") or "{}")
         except json.JSONDecodeError:
             meta = {}
-        test, entry = meta.get("test"), meta.get("entry_point")
+        test, entry = meta.get(CODE_TEST), meta.get(CODE_ENTRY_POINT)
         if not test or not entry:
-            res.flag("code row has no test/entry_point in metadata")
+            res.flag(f"code row has no {CODE_TEST}/{CODE_ENTRY_POINT} in metadata")
             return
-        prompt = meta.get("prompt", "")
+        refusal = self._code_refusal()
+        if refusal:
+            res.flag(refusal)
+            return
+        prompt = meta.get(CODE_PROMPT, "")
         raw = {}
         for slot in ("1", "2"):
             text = row.get(f"attempt{slot}")
             if text is None:
                 continue
             outcome = run_humaneval(prompt, text, test, entry, self.limits)
-            setattr(res, f"score{slot}", 1.0 if outcome.passed else 0.0)
             raw[f"attempt{slot}"] = outcome.summary()
+            if outcome.error:  # the host could not build the sandbox this time: no verdict on the code
+                res.flag(f"attempt{slot}: sandbox setup failed: {outcome.error}")
+                continue
+            setattr(res, f"score{slot}", 1.0 if outcome.passed else 0.0)
         res.raw = dumps(raw)
+
+    def _code_refusal(self) -> str:
+        """Why code cannot run on this host ("" when it can); probed and logged once per judge."""
+        with self._probe_lock:
+            if self._refusal is None:
+                mode, why = isolation(self.limits.python)
+                if mode != "none":
+                    log.info("judge %s: generated code runs sandboxed (%s namespaces)", self.name, mode)
+                    self._refusal = ""
+                elif self.settings.unsafe_code:
+                    log.warning(
+                        "judge %s: generated code runs WITHOUT isolation (unsafe_code is on): %s", self.name, why
+                    )
+                    self._refusal = ""
+                else:
+                    self._refusal = (
+                        f"code not run: no sandbox isolation on this host ({why}); "
+                        "set judges.verifier.unsafe_code=true to run it with only resource limits"
+                    )
+                    log.error("judge %s: %s", self.name, self._refusal)
+        return self._refusal

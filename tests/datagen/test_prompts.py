@@ -6,6 +6,7 @@ import pytest
 
 from datagen.config import PromptsConfig
 from datagen.prompts import PromptError, load_prompts
+from datagen.records import CODE_ENTRY_POINT, CODE_PROMPT, CODE_TEST
 
 
 def write_jsonl(path, rows):
@@ -125,4 +126,4 @@ def test_arithmetic_is_seeded_exact_and_splits_never_share_a_problem():
 def test_humaneval_from_its_package():
     ps = load_prompts(PromptsConfig(builtin="humaneval"))
     assert len(ps) == 164 and ps[0].prompt_id == "HumanEval/0"
-    assert ps[0].task == "code" and {"test", "entry_point", "code_prompt"} <= set(ps[0].metadata)
+    assert ps[0].task == "code" and {CODE_TEST, CODE_ENTRY_POINT, CODE_PROMPT} <= set(ps[0].metadata)

