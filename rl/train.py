@@ -483,13 +483,13 @@ def run_train(
     from ray.train.torch import TorchTrainer
 
     out = StageDir(out_dir)
-    if report is None:
-        report = check_data(cfg, model_path, build_dir)
-    build = build_dir.summary()
     fingerprint = train_fingerprint(cfg, model_path, build_dir)
     if out.done() and not overwrite:
         out.check(fingerprint)
         return out.summary()
+    if report is None:
+        report = check_data(cfg, model_path, build_dir)
+    build = build_dir.summary()
     out.start(fingerprint, overwrite=overwrite)
     sft_summary = None
     if cfg.sft_first is not None:

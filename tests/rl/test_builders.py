@@ -228,3 +228,14 @@ def test_a_judge_that_did_not_run_is_named_not_silently_dropped():
         get_builder("scl")(rows, BuildConfig(builder="scl"))
     with pytest.raises(StageInputError, match="reward_model_score1"):
         get_builder("best_vs_worst")(rows, BuildConfig(builder="best_vs_worst"))
+
+
+def test_build_stage_takes_the_run_seed_for_the_negatives(tmp_path):
+    from cluster.config import load_config
+    from cluster.stages import STAGES
+
+    cfg = load_config(None, [f"run_dir={tmp_path}", "seed=7", "build.builder=self_contrast"])
+    plan = STAGES["build"].prepare(cfg)
+    assert plan.settings.seed == 7 and plan.fingerprint["build"]["seed"] == 7
+    own = load_config(None, [f"run_dir={tmp_path}", "seed=7", "build.seed=3"])
+    assert STAGES["build"].prepare(own).settings.seed == 3

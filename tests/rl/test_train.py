@@ -301,3 +301,54 @@ def test_worker_killed_resumes_from_checkpoint_seeing_data_once(tmp_path, tiny_m
         prompts = Counter(i.split(":")[0] for r in (0, 1) for i in final[(r, step)])
         assert set(prompts.values()) == {2}
     assert math.isfinite(json.loads((tmp_path / "train" / "log_history.json").read_text())[-1]["train_loss"])
+
+
+def test_group_larger_than_a_step_after_sft_first_through_ray(tmp_path, tiny_model_dir, ray_local):
+    """p0 has 3 pairs (one chosen), p1 1, p2 2; a step holds 2: p0 runs over two consecutive steps.
+    sft_first trains SFT on each distinct (prompt, chosen) once, and DPO starts from that model."""
+    from safetensors.torch import load_file
+
+    if not ray_local.is_initialized():
+        ray_local.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    rows = [
+        judged_row(
+            f"p{p}",
+            i,
+            attempt1=f"wrong {p} {i}",
+            attempt2="right 0" if p == 0 else f"right {p} {i}",
+            verifier_score1=0.0,
+            verifier_score2=1.0,
+        )
+        for p, n in enumerate((3, 1, 2))
+        for i in range(n)
+    ]
+    build = _build(tmp_path, rows)
+    train = TrainConfig(
+        batch_size=1,
+        grad_accum=2,
+        lr=1e-3,
+        log_every=1,
+        log_samples=True,
+        checkpoint_every=100,
+        sft_first={"epochs": 1, "lr": 5e-3},
+    )
+    summary = run_train(train, str(tiny_model_dir), build, tmp_path / "train")
+    assert summary["steps"] == 3
+    assert summary["data"]["groups_split"] == 1 and summary["data"]["padding"] == 0
+    steps = [json.loads(x) for x in (tmp_path / "train" / "samples" / "rank0.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert sorted(i for s in steps for i in s["ids"]) == sorted(r["pair_id"] for r in build.read().to_pylist())
+    p0 = [s["step"] for s in steps if any(i.startswith("p0:") for i in s["ids"])]
+    assert p0 == [p0[0], p0[0] + 1]
+
+    sft_dir = tmp_path / "train" / "sft"
+    sft = json.loads((sft_dir / "_SUCCESS.json").read_text())
+    assert sft["algorithm"] == "sft" and sft["steps"] == 2  # p0 once, p1, p2 twice: 4 examples
+    sft_ids = [i for x in (sft_dir / "samples" / "rank0.jsonl").read_text().splitlines() for i in json.loads(x)["ids"]]
+    assert sorted(sft_ids) == ["p0:0", "p1:0", "p2:0", "p2:1"]
+    assert summary["sft_first"]["model"] == str(sft_dir / "model")
+    base = load_file(tiny_model_dir / "model.safetensors")
+    tuned = load_file(sft_dir / "model" / "model.safetensors")
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if k in tuned)
+    dpo_log = json.loads((tmp_path / "train" / "log_history.json").read_text())
+    assert dpo_log[0]["loss"] == pytest.approx(LN2, abs=1e-5)  # the SFT model is policy and reference
