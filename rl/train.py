@@ -364,6 +364,11 @@ def _token_lengths(tokenizer_path: str, conversations: list[list[dict[str, str]]
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    if not tokenizer.chat_template:
+        raise StageInputError(
+            f"{tokenizer_path}: the tokenizer has no chat template, which conversational training data needs "
+            "(use an instruct/chat model, or add a chat template to its tokenizer_config.json)"
+        )
     out: list[int] = []
     for i in range(0, len(conversations), batch):
         encoded = tokenizer.apply_chat_template(conversations[i : i + batch], tokenize=True, return_dict=True)
@@ -371,10 +376,32 @@ def _token_lengths(tokenizer_path: str, conversations: list[list[dict[str, str]]
     return out
 
 
+def check_lora_targets(cfg: TrainConfig, model_path: str) -> None:
+    """LoRA target module names that the model does not have fail here, not in a Ray Train worker.
+
+    The model is built on the meta device from its config: no weights are read.
+    """
+    if not cfg.lora.enabled or cfg.lora.target_modules == "all-linear":
+        return
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in cfg.lora.target_modules if m not in names]
+    if missing:
+        raise StageInputError(
+            f"train.lora.target_modules: {missing} are not modules of {model_path} "
+            f"({type(model).__name__}); use names such as {sorted(n for n in names if n.endswith('proj'))[:8]} "
+            "or all-linear"
+        )
+
+
 def check_data(cfg: TrainConfig, model_path: str, build_dir: StageDir, echo: bool = True) -> dict[str, Any]:
     """What can be known about the training set before Ray Train starts; bad input raises ``StageInputError``.
 
-    Checks that the build finished and holds examples of the kind ``cfg.algorithm`` trains on, and
+    Checks that the build finished and holds examples of the kind ``cfg.algorithm`` trains on, that
+    the LoRA targets exist in the model and its tokenizer has a chat template, and
     measures every sequence TRL will train on (prompt + chosen and prompt + rejected, or the SFT
     messages) with the model's tokenizer. TRL cuts a longer sequence at ``max_length`` — the end of the
     answer, where it is decided — and drops an example whose prompt alone fills it; here such
@@ -391,6 +418,7 @@ def check_data(cfg: TrainConfig, model_path: str, build_dir: StageDir, echo: boo
         )
     if not build.get("pairs_out"):
         raise StageInputError(f"{build_dir.path} holds no training examples (see its _SUCCESS.json)")
+    check_lora_targets(cfg, model_path)
     rows = build_dir.read().to_pylist()
     if "messages" in rows[0]:
         convs = [[r["messages"]] for r in rows]

@@ -90,6 +90,8 @@ def test_cli_exit_2_before_ray_for_each_bad_input(tmp_path, tiny_model_dir, caps
     assert _cli(run_dir, tiny_model_dir, "train.max_length=128") == 2
     err = capsys.readouterr().err
     assert "train.max_length 128: 2 of 4 pairs are longer" in err and "Raise train.max_length to" in err
+    assert _cli(run_dir, tiny_model_dir, "train.lora.target_modules=[q_proj,qkv_proj]") == 2
+    assert "['qkv_proj'] are not modules of" in capsys.readouterr().err
     assert not (run_dir / "train").exists()  # nothing written
 
 
