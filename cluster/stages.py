@@ -88,6 +88,8 @@ register(
 class _Plan:
     fingerprint: dict[str, Any]
     model_path: str | None = None
+    settings: Any = None  # the narrow config the stage's run takes, when prepare completed it
+    report: dict[str, Any] | None = None
 
 
 def _build_prepare(cfg: Config) -> Any:
@@ -98,13 +100,14 @@ def _build_prepare(cfg: Config) -> Any:
         get_builder(cfg.build.builder)  # an unknown builder fails before anything runs
     except (ValueError, TypeError) as e:
         raise ConfigError(f"build.builder: {e}") from None
-    return _Plan(build_fingerprint(cfg.build, StageDir(cfg.stage_dir("judge"))))
+    build = cfg.build if cfg.build.seed is not None else cfg.build.model_copy(update={"seed": cfg.seed})
+    return _Plan(build_fingerprint(build, StageDir(cfg.stage_dir("judge"))), settings=build)
 
 
 def _build_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
     from rl.build import run_build
 
-    return run_build(cfg.build, StageDir(cfg.stage_dir("judge")), StageDir(cfg.stage_dir("build")), overwrite)
+    return run_build(plan.settings, StageDir(cfg.stage_dir("judge")), StageDir(cfg.stage_dir("build")), overwrite)
 
 
 register(
@@ -141,17 +144,22 @@ register(
 
 
 def _train_prepare(cfg: Config) -> Any:
+    """The model, the build's kind and size, and every sequence's length against train.max_length,
+    checked before Ray Train starts (``StageInputError``: exit 2)."""
     from datagen.models import resolve_model
-    from rl.train import train_fingerprint
+    from rl.train import check_data, train_fingerprint
 
     model_path = resolve_model(cfg.model, cfg.model_cache)
-    return _Plan(train_fingerprint(cfg.train, model_path, StageDir(cfg.stage_dir("build"))), model_path)
+    build_dir = StageDir(cfg.stage_dir("build"))
+    report = check_data(cfg.train, model_path, build_dir)
+    return _Plan(train_fingerprint(cfg.train, model_path, build_dir), model_path, report=report)
 
 
 def _train_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
     from rl.train import run_train
 
-    return run_train(cfg.train, plan.model_path, StageDir(cfg.stage_dir("build")), cfg.stage_dir("train"), overwrite)
+    build_dir = StageDir(cfg.stage_dir("build"))
+    return run_train(cfg.train, plan.model_path, build_dir, cfg.stage_dir("train"), overwrite, report=plan.report)
 
 
 register(

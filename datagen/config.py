@@ -8,10 +8,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # The two self-correction instructions of the papers this project reproduces.
 REVIEW_PROMPTS = {
-    # SCL (He et al., 2024): intrinsic self-correction prompt.
+    # SCL (He et al., 2024): the seed's review message 0 with the step-by-step request and the answer
+    # format it appends (github.com/ivy3h/SCL, data_construction.py get_review_msg + extractor).
     "scl": (
         "Review your previous answer and find problems with your answer. Based on the problems "
-        "you found, improve your answer."
+        "you found, improve your answer. Explain your reasoning step-by-step. Your final answer "
+        "should be put between two ##, like ## A ## (if your final answer is A), at the end of your "
+        "response."
     ),
     # SCoRe (Kumar et al., 2024): the second-attempt instruction for MATH.
     "score": (

@@ -12,7 +12,9 @@ also carries ``prompt_id``, a ``group`` (the pairs that must share an optimizer 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -142,15 +144,26 @@ def build_scl(rows: list[Row], cfg: BuildConfig) -> BuildResult:
 # --- Self-Contrast: the reference against many dissimilar negatives -----------------------------
 
 
-def build_self_contrast(rows: list[Row], cfg: BuildConfig) -> BuildResult:
-    """Reference as ``chosen`` against the k least similar sampled responses (Self-Contrast).
+def negatives_rng(seed: int, prompt_id: str) -> random.Random:
+    """The random source of one prompt's negatives: a function of (seed, prompt_id) alone, so the
+    pick does not depend on row order, shards or the other prompts."""
+    digest = hashlib.sha256(f"{seed}\x1f{prompt_id}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
 
-    Per prompt: drop near-duplicates (the embedding judge's ``_dup``), then the
-    ``drop_similar_fraction`` of the remaining responses most similar to the reference (``_score1``
-    is the cosine to the reference), then take the ``negatives`` least similar, least similar first.
+
+def build_self_contrast(rows: list[Row], cfg: BuildConfig) -> BuildResult:
+    """The reference as ``chosen`` against k negatives drawn at random from the filtered responses.
+
+    Self-Contrast (Liu et al., 2024, "Extensive Self-Contrast Enables Feedback-Free Language Model
+    Alignment", arXiv 2404.00604; its ``construct_synthetic_data.py``, mode ``lastdedup-75``): per
+    prompt, drop near-duplicates (the embedding judge's ``_dup``), then the ``drop_similar_fraction``
+    of the remaining responses most similar to the reference (``_score1`` is the cosine to the
+    reference), then draw ``negatives`` of the rest uniformly at random, seeded by (``seed``,
+    prompt_id). A prompt with fewer than k responses left gives no pairs, as in the seed.
     """
     judge = cfg.judge or "embedding"
     _need(rows, judge, ("score1", "dup", "error"), "self_contrast")
+    seed = cfg.seed or 0
     out = BuildResult("pairs", [])
     for prompt_id, members in _by_prompt(rows).items():
         reference = members[0].get("reference")
@@ -174,9 +187,13 @@ def build_self_contrast(rows: list[Row], cfg: BuildConfig) -> BuildResult:
         if n_similar:
             out.dropped["too_similar"] += n_similar
             kept = kept[: len(kept) - n_similar]
-        chosen_, rest = kept[: cfg.negatives], kept[cfg.negatives :]
-        out.dropped["beyond_k"] += len(rest)
-        for row in chosen_:
+        if len(kept) < cfg.negatives:
+            out.dropped["fewer_than_k"] += len(kept)
+            continue
+        kept.sort(key=lambda r: r["sample_idx"])
+        picked = sorted(negatives_rng(seed, prompt_id).sample(range(len(kept)), cfg.negatives))
+        out.dropped["not_drawn"] += len(kept) - len(picked)
+        for row in (kept[i] for i in picked):
             pid = f"{prompt_id}:{row['sample_idx']}"
             out.examples.append(_pair(row, pid, reference, row["attempt1"], "reference", "attempt1"))
     return out

@@ -37,6 +37,9 @@ class BuildConfig(Strict):
     selfee_only_revised: bool = Field(
         False, description="selfee: keep only chains with at least one revision"
     )
+    seed: int | None = Field(
+        None, description="self_contrast: seed of the random negatives (default: the run's seed)"
+    )
     shard_size: int = Field(4096, ge=1, description="pairs per output Parquet file")
 
 
@@ -50,13 +53,29 @@ class LoraConfig(Strict):
     )
 
 
+class SftFirstConfig(Strict):
+    """SFT on the chosen responses before DPO, and DPO from the result (Self-Contrast's starting point)."""
+
+    epochs: float = Field(1.0, gt=0)
+    lr: float | None = Field(None, gt=0, description="peak learning rate (default: train.lr)")
+    grad_accum: int | None = Field(None, ge=1, description="micro-batches per step (default: train.grad_accum)")
+
+
 class TrainConfig(Strict):
     """DPO or SFT on Ray Train."""
 
     algorithm: Literal["dpo", "sft"] = Field("dpo", description="dpo: preference pairs; sft: messages")
     lora: LoraConfig = LoraConfig()
     beta: float = Field(0.1, gt=0, description="DPO: strength of the pull toward the reference model")
-    sft_weight: float = Field(0.0, ge=0, description="DPO: weight of an SFT term on chosen (SCL uses 0.1)")
+    sft_beta: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="DPO: the mix (1 - sft_beta) * DPO + sft_beta * SFT on chosen, as ms-swift's sft_beta (SCL: 0.1)",
+    )
+    sft_first: SftFirstConfig | None = Field(
+        None, description="DPO: first SFT on prompt + chosen (each distinct once), then DPO from that model"
+    )
     lr: float = Field(5e-5, gt=0, description="peak learning rate")
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of steps spent warming up")
@@ -69,7 +88,13 @@ class TrainConfig(Strict):
     group_pairs: bool = Field(
         True, description="keep the pairs of one prompt (one group) in the same optimizer step"
     )
-    max_length: int = Field(1024, ge=16, description="tokens of prompt + completion kept")
+    max_length: int = Field(
+        2048, ge=16, description="tokens of prompt + completion; longer examples are refused or dropped (too_long)"
+    )
+    too_long: Literal["error", "drop"] = Field(
+        "error",
+        description="examples over max_length: error refuses to train (exit 2); drop leaves them out, counted",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on GPU, fp32 on CPU"
     )
@@ -89,8 +114,10 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        if self.algorithm == "sft" and self.sft_weight:
-            raise ValueError("sft_weight only applies to algorithm: dpo")
+        if self.algorithm == "sft" and self.sft_beta:
+            raise ValueError("sft_beta only applies to algorithm: dpo")
+        if self.algorithm == "sft" and self.sft_first is not None:
+            raise ValueError("sft_first only applies to algorithm: dpo")
         return self
 
     @property

@@ -66,14 +66,26 @@ def dpo_loss(
 
 
 def sft_loss(chosen_token_logps: torch.Tensor, chosen_mask: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood of the chosen completions, averaged over their tokens.
+    """Negative log-likelihood of the chosen completions, averaged over all their tokens in the batch.
 
         L_sft = -(1 / N) * sum_{b,t: mask} log pi(y_w[b,t] | x, y_w[b,<t])
 
-    This is the term TRL's ``loss_type="sft"`` adds to DPO (the RPO / SCL-style mix).
+    This is TRL's ``loss_type="sft"`` term (one number for the micro-batch).
     """
     mask = chosen_mask.bool()
     return -chosen_token_logps[mask].mean()
+
+
+def sequence_nll(chosen_token_logps: torch.Tensor, chosen_mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence negative log-likelihood, averaged over each sequence's own tokens:
+
+        L_sft[b] = -(1 / |y_w[b]|) * sum_t log pi(y_w[b,t] | x, y_w[b,<t])
+
+    (ms-swift's ``get_batch_logps(..., average_log_prob=True)``). Returns ``[B]``. Its batch mean
+    equals ``sft_loss`` when every sequence has the same length, e.g. at one pair per micro-batch.
+    """
+    mask = chosen_mask.to(chosen_token_logps.dtype)
+    return -(chosen_token_logps * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
 def dpo_sft_loss(
@@ -84,18 +96,22 @@ def dpo_sft_loss(
     chosen_token_logps: torch.Tensor,
     chosen_mask: torch.Tensor,
     beta: float = 0.1,
-    sft_weight: float = 0.0,
+    sft_beta: float = 0.0,
 ) -> torch.Tensor:
-    """DPO plus a weighted SFT term on the chosen responses:
+    """DPO mixed with SFT on the chosen responses, as ms-swift's ``sft_beta`` mixes them:
 
-        L = mean_b L_dpo[b] + sft_weight * L_sft
+        L = mean_b [ (1 - sft_beta) * L_dpo[b] + sft_beta * L_sft[b] ]
 
-    SCL (He et al., 2024) trains with this mix at ``sft_weight = 0.1``.
+    with ``L_sft[b]`` from ``sequence_nll`` (ms-swift ``DPOTrainer.get_batch_loss_metrics``: ``losses =
+    (1 - self.sft_beta) * losses + self.sft_beta * sft_loss``). SCL (He et al., 2024) trains with
+    ``sft_beta = 0.1``. The training loop gets the same mix from TRL as ``loss_type=["sigmoid", "sft"]``
+    with ``loss_weights=[1 - sft_beta, sft_beta]``; TRL averages the SFT term over the micro-batch's
+    tokens rather than per sequence, which is the same number at one pair per micro-batch (SCL's
+    batch size) or equal lengths.
     """
     losses, _, _ = dpo_loss(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
     )
-    loss = losses.mean()
-    if sft_weight:
-        loss = loss + sft_weight * sft_loss(chosen_token_logps, chosen_mask)
-    return loss
+    if sft_beta:
+        losses = (1 - sft_beta) * losses + sft_beta * sequence_nll(chosen_token_logps, chosen_mask)
+    return losses.mean()

@@ -24,6 +24,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -41,15 +42,18 @@ FINAL_MARKER = "final.json"
 
 
 class GroupedWindowSampler(Sampler[int]):
-    """Index order in which every group's examples fall into one optimizer step.
+    """Index order in which every group's examples share an optimizer step, or consecutive ones.
 
     An optimizer step consumes ``window`` consecutive indices of this order (per-device batch x
     gradient accumulation x workers: accelerate hands consecutive batches to the ranks in turn).
     Each epoch the groups are shuffled with ``seed + epoch``, packed first-fit-decreasing into
-    windows, and the windows shuffled. First-fit-decreasing over the same multiset of sizes always
-    gives the same number of windows, so the epoch length is fixed. A window with room left repeats
-    its own examples to fill it (a full window keeps batch shapes and the step count exact);
-    ``padding`` says how many slots that took.
+    windows, and the windows shuffled. A group larger than a window is split: it fills whole
+    windows and its remainder opens one more, which smaller groups may share, and those windows stay
+    together through the shuffle, so the group is trained over consecutive steps (``split_groups``
+    counts such groups). First-fit-decreasing over the same multiset of sizes always gives the same
+    number of windows, so the epoch length is fixed. A window with room left repeats its own
+    examples to fill it (a full window keeps batch shapes and the step count exact); ``padding``
+    says how many slots that took.
     """
 
     def __init__(self, groups: list[str], window: int, seed: int = 0):
@@ -60,12 +64,7 @@ class GroupedWindowSampler(Sampler[int]):
         for i, g in enumerate(groups):
             members.setdefault(g, []).append(i)
         self.groups = list(members.values())
-        too_big = max((len(m) for m in self.groups), default=0)
-        if too_big > window:
-            raise ValueError(
-                f"a group has {too_big} examples but an optimizer step holds {window} "
-                "(batch_size x grad_accum x num_workers); raise them or set group_pairs: false"
-            )
+        self.split_groups = sum(1 for m in self.groups if len(m) > window)
         self._windows = self._pack(random.Random(seed))
         self.padding = len(self._windows) * window - len(groups)
 
@@ -73,15 +72,25 @@ class GroupedWindowSampler(Sampler[int]):
         groups = [list(g) for g in self.groups]
         rng.shuffle(groups)
         groups.sort(key=len, reverse=True)  # stable: equal sizes keep the shuffled order
-        windows: list[list[int]] = []
+        blocks: list[list[list[int]]] = []  # runs of windows that stay consecutive
+        open_windows: list[list[int]] = []  # windows with room, in the order they were opened
         for g in groups:
-            for w in windows:
+            if len(g) > self.window:
+                rng.shuffle(g)
+                pieces = [g[i : i + self.window] for i in range(0, len(g), self.window)]
+                blocks.append(pieces)
+                if len(pieces[-1]) < self.window:
+                    open_windows.append(pieces[-1])
+                continue
+            for w in open_windows:
                 if len(w) + len(g) <= self.window:
                     w.extend(g)
                     break
             else:
-                windows.append(list(g))
-        rng.shuffle(windows)
+                blocks.append([list(g)])
+                open_windows.append(blocks[-1][0])
+        rng.shuffle(blocks)
+        windows = [w for block in blocks for w in block]
         for w in windows:
             rng.shuffle(w)
             w.extend(w[i % len(w)] for i in range(self.window - len(w)))
@@ -179,26 +188,41 @@ def _callbacks(trainer, cfg: dict[str, Any], pair_ids: list[str]):
     return [ReportCheckpoints(), LogSamples()]
 
 
-def _load_dataset(paths: list[str], algorithm: str):
+def _load_dataset(paths: list[str], algorithm: str, exclude: frozenset[str] = frozenset()):
+    """The build's examples as a ``datasets.Dataset``, less the ``exclude`` pair ids (counted upstream)."""
     import datasets
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.concat_tables([pq.read_table(p) for p in paths])
+    if exclude:
+        keep = [pid not in exclude for pid in table["pair_id"].to_pylist()]
+        table = table.filter(pa.array(keep, pa.bool_()))
     if algorithm == "sft" and "messages" not in table.column_names:
-        # SFT on a preference set: the prompt and its chosen answer.
-        rows = table.to_pylist()
-        table = pa.table(
-            {
-                "messages": [r["prompt"] + r["chosen"] for r in rows],
-                "pair_id": table["pair_id"],
-                "group": table["group"],
-            }
-        )
+        table = _chosen_as_sft(table)
     keep = ["messages"] if algorithm == "sft" else ["prompt", "chosen", "rejected"]
     table = table.select([*keep, "pair_id", "group"])
     table = table.append_column("row_id", pa.array(range(table.num_rows), pa.int64()))
     return datasets.Dataset(table)
+
+
+def _chosen_as_sft(table):
+    """SFT on a preference set: each distinct (prompt, chosen) once. Self-Contrast's k pairs of a
+    prompt share one chosen (the reference), which is its SFT example."""
+    import pyarrow as pa
+
+    seen: set[str] = set()
+    messages, pair_ids, groups = [], [], []
+    for r in table.to_pylist():
+        conv = r["prompt"] + r["chosen"]
+        key = json.dumps(conv, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        messages.append(conv)
+        pair_ids.append(r["pair_id"])
+        groups.append(r["group"])
+    return pa.table({"messages": messages, "pair_id": pair_ids, "group": groups})
 
 
 def _trl_args(cfg: dict[str, Any], output_dir: str, use_cpu: bool):
@@ -235,8 +259,9 @@ def _trl_args(cfg: dict[str, Any], output_dir: str, use_cpu: bool):
         ddp_find_unused_parameters=False,
     )
     if t.algorithm == "dpo":
+        # ms-swift's sft_beta (SCL): (1 - sft_beta) * DPO + sft_beta * SFT on chosen (rl.losses.dpo_sft_loss)
         loss_type, weights = (
-            (["sigmoid", "sft"], [1.0, t.sft_weight]) if t.sft_weight else (["sigmoid"], None)
+            (["sigmoid", "sft"], [1.0 - t.sft_beta, t.sft_beta]) if t.sft_beta else (["sigmoid"], None)
         )
         return DPOConfig(beta=t.beta, loss_type=loss_type, loss_weights=weights, **common)
     return SFTConfig(**common)
@@ -266,7 +291,7 @@ def build_trainer(cfg: dict[str, Any], output_dir: str, use_cpu: bool, extra_cal
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=torch.float32)
-    dataset = _load_dataset(cfg["data_files"], t.algorithm)
+    dataset = _load_dataset(cfg["data_files"], t.algorithm, frozenset(cfg.get("exclude") or ()))
     pair_ids = list(dataset["pair_id"])
     cls = _trainer_class(DPOTrainer if t.algorithm == "dpo" else SFTTrainer)
     cls.group_pairs = t.group_pairs
@@ -334,6 +359,131 @@ def train_loop(cfg: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=None)
 
 
+def _token_lengths(tokenizer_path: str, conversations: list[list[dict[str, str]]], batch: int = 256) -> list[int]:
+    """Tokens of each chat as TRL's trainers tokenize it (the model's chat template, no generation prompt)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    if not tokenizer.chat_template:
+        raise StageInputError(
+            f"{tokenizer_path}: the tokenizer has no chat template, which conversational training data needs "
+            "(use an instruct/chat model, or add a chat template to its tokenizer_config.json)"
+        )
+    out: list[int] = []
+    for i in range(0, len(conversations), batch):
+        encoded = tokenizer.apply_chat_template(conversations[i : i + batch], tokenize=True, return_dict=True)
+        out.extend(len(ids) for ids in encoded["input_ids"])
+    return out
+
+
+def check_lora_targets(cfg: TrainConfig, model_path: str) -> None:
+    """LoRA target module names that the model does not have fail here, not in a Ray Train worker.
+
+    The model is built on the meta device from its config: no weights are read.
+    """
+    if not cfg.lora.enabled or cfg.lora.target_modules == "all-linear":
+        return
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in cfg.lora.target_modules if m not in names]
+    if missing:
+        raise StageInputError(
+            f"train.lora.target_modules: {missing} are not modules of {model_path} "
+            f"({type(model).__name__}); use names such as {sorted(n for n in names if n.endswith('proj'))[:8]} "
+            "or all-linear"
+        )
+
+
+def check_data(cfg: TrainConfig, model_path: str, build_dir: StageDir, echo: bool = True) -> dict[str, Any]:
+    """What can be known about the training set before Ray Train starts; bad input raises ``StageInputError``.
+
+    Checks that the build finished and holds examples of the kind ``cfg.algorithm`` trains on, that
+    the LoRA targets exist in the model and its tokenizer has a chat template, and
+    measures every sequence TRL will train on (prompt + chosen and prompt + rejected, or the SFT
+    messages) with the model's tokenizer. TRL cuts a longer sequence at ``max_length`` — the end of the
+    answer, where it is decided — and drops an example whose prompt alone fills it; here such
+    examples are refused (``too_long: error``) or left out and counted (``drop``), never cut. Also
+    counts the groups that span more than one optimizer step and the padding the grouped order needs.
+    """
+    if not build_dir.done():
+        raise StageInputError(f"{build_dir.path}: no finished build (run the build stage first)")
+    build = build_dir.summary()
+    if cfg.algorithm == "dpo" and build.get("kind") != "pairs":
+        raise StageInputError(
+            f"train.algorithm dpo needs preference pairs; {build_dir.path} holds {build.get('kind')} "
+            "(set train.algorithm: sft, or a pair builder)"
+        )
+    if not build.get("pairs_out"):
+        raise StageInputError(f"{build_dir.path} holds no training examples (see its _SUCCESS.json)")
+    check_lora_targets(cfg, model_path)
+    rows = build_dir.read().to_pylist()
+    if "messages" in rows[0]:
+        convs = [[r["messages"]] for r in rows]
+    else:
+        convs = [[r["prompt"] + r["chosen"], r["prompt"] + r["rejected"]] for r in rows]
+    flat = _token_lengths(model_path, [c for cs in convs for c in cs])
+    longest, it = [], iter(flat)
+    for cs in convs:
+        longest.append(max(next(it) for _ in cs))
+    over = [r["pair_id"] for r, n in zip(rows, longest, strict=True) if n > cfg.max_length]
+    noun = "examples" if "messages" in rows[0] else "pairs"
+    if over:
+        what = (
+            f"train.max_length {cfg.max_length}: {len(over)} of {len(rows)} {noun} are longer "
+            f"(longest {max(longest)} tokens); TRL would cut off the end of their answers"
+        )
+        if cfg.too_long == "error" or len(over) == len(rows):
+            raise StageInputError(
+                f"{what}. Raise train.max_length to {max(longest)} or more, or set train.too_long=drop "
+                "to train without them (counted)"
+            )
+        if echo:
+            print(f"[train] warning: {what}; left out (train.too_long=drop)", file=sys.stderr)
+    kept = [r for r, n in zip(rows, longest, strict=True) if n <= cfg.max_length]
+    report: dict[str, Any] = {
+        "examples": len(kept),
+        "too_long_dropped": len(over),
+        "longest_tokens": max(longest),
+        "max_length": cfg.max_length,
+        "exclude": over,
+    }
+    if cfg.group_pairs:
+        sampler = GroupedWindowSampler([r["group"] for r in kept], cfg.global_batch, cfg.seed)
+        report.update(
+            groups=len(sampler.groups),
+            groups_split=sampler.split_groups,
+            padding=sampler.padding,
+            steps_per_epoch=len(sampler) // cfg.global_batch,
+        )
+        if sampler.split_groups and echo:
+            print(
+                f"[train] {sampler.split_groups} of {len(sampler.groups)} groups are larger than an optimizer "
+                f"step ({cfg.global_batch} {noun}); each is trained over consecutive steps",
+                file=sys.stderr,
+            )
+    return report
+
+
+def sft_first_config(cfg: TrainConfig) -> TrainConfig:
+    """The SFT run that ``train.sft_first`` puts before DPO: same model, LoRA and batch, its own epochs and lr."""
+    assert cfg.sft_first is not None
+    return cfg.model_copy(
+        update={
+            "algorithm": "sft",
+            "sft_beta": 0.0,
+            "sft_first": None,
+            "epochs": cfg.sft_first.epochs,
+            "lr": cfg.sft_first.lr or cfg.lr,
+            "grad_accum": cfg.sft_first.grad_accum or cfg.grad_accum,
+            "max_steps": -1,
+            "merge": True,  # DPO starts from the merged model, which is also its reference
+        }
+    )
+
+
 def train_fingerprint(cfg: TrainConfig, model_path: str, build_dir: StageDir) -> dict[str, Any]:
     """The settings and inputs that shape the trained model (the build by its own fingerprint)."""
     stage_file = build_dir.path / "_stage.json"
@@ -348,33 +498,36 @@ def run_train(
     out_dir: str | os.PathLike[str],
     overwrite: bool = False,
     callbacks: list | None = None,
+    report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train on the build stage's output; the final model lands in ``out_dir/model``.
 
     A finished run is kept; a run stopped part way resumes from its last checkpoint. Needs Ray
-    initialised. ``callbacks`` are extra ``transformers.TrainerCallback`` objects for the workers.
+    initialised. ``callbacks`` are extra ``transformers.TrainerCallback`` objects for the workers;
+    ``report`` is ``check_data``'s (computed here when not given). With ``sft_first`` the SFT run
+    goes to ``out_dir/sft`` (resumable on its own) and DPO starts from ``out_dir/sft/model``.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     out = StageDir(out_dir)
-    if not build_dir.done():
-        raise StageInputError(f"{build_dir.path}: no finished build (run the build stage first)")
-    build = build_dir.summary()
-    if cfg.algorithm == "dpo" and build.get("kind") != "pairs":
-        raise StageInputError(
-            f"train.algorithm dpo needs preference pairs; {build_dir.path} holds {build.get('kind')}"
-        )
-    if not build.get("pairs_out"):
-        raise StageInputError(f"{build_dir.path} holds no training examples (see its _SUCCESS.json)")
     fingerprint = train_fingerprint(cfg, model_path, build_dir)
     if out.done() and not overwrite:
         out.check(fingerprint)
         return out.summary()
+    if report is None:
+        report = check_data(cfg, model_path, build_dir)
+    build = build_dir.summary()
     out.start(fingerprint, overwrite=overwrite)
+    sft_summary = None
+    if cfg.sft_first is not None:
+        sft_cfg = sft_first_config(cfg)
+        sft_summary = run_train(sft_cfg, model_path, build_dir, out.path / "sft", False, callbacks, report)
+        model_path = sft_summary["model"]
     loop_cfg = {
         "train": cfg.model_dump(mode="json"),
         "model_path": model_path,
+        "exclude": report["exclude"],
         "data_files": [str(p) for p in build_dir.shard_paths()],
         "cpus_per_worker": cfg.cpus_per_worker,
         "log_samples": cfg.log_samples,
@@ -417,9 +570,12 @@ def run_train(
         "algorithm": cfg.algorithm,
         "steps": metrics["step"],
         "pairs": build["pairs_out"],
+        "data": {k: v for k, v in report.items() if k != "exclude"},
         "seconds": round(time.perf_counter() - start, 2),
         "model": str(out.path / "model"),
         "adapter": str(out.path / "adapter") if cfg.lora.enabled else None,
     }
+    if sft_summary is not None:
+        summary["sft_first"] = {k: sft_summary[k] for k in ("steps", "seconds", "model")}
     out.mark_done(summary)
     return summary

@@ -45,7 +45,7 @@ def test_scl_keeps_only_flips():
     }
 
 
-def test_self_contrast_drops_dups_and_similar_and_keeps_k_least_similar():
+def _contrast_rows():
     sims = [0.95, 0.1, 0.5, 0.3, 0.8, 0.2, 0.6, 0.4, 0.7]
     rows = [
         row("p", i, attempt1=f"resp {i}", embedding_score1=s, embedding_dup=False) for i, s in enumerate(sims)
@@ -53,9 +53,19 @@ def test_self_contrast_drops_dups_and_similar_and_keeps_k_least_similar():
     rows.append(row("p", 9, attempt1="resp 9", embedding_score1=0.05, embedding_dup=True))
     rows.append(row("p", 10, attempt1="resp 10", embedding_error="embed failed"))
     rows.append(row("q", 0, attempt1="no ref", reference=None, embedding_score1=0.1))
-    out = get_builder("self_contrast")(rows, BuildConfig(builder="self_contrast", negatives=4))
-    # 9 kept after dup/error; round(9 * 0.25) = 2 most similar (0.95, 0.8) dropped; then 4 least similar
-    assert [e["rejected"][0]["content"] for e in out.examples] == ["resp 1", "resp 5", "resp 3", "resp 7"]
+    return rows
+
+
+def test_self_contrast_draws_k_random_negatives_from_the_kept_ones():
+    rows = _contrast_rows()
+    build = get_builder("self_contrast")
+    cfg = BuildConfig(builder="self_contrast", negatives=4, seed=7)
+    out = build(rows, cfg)
+    # 9 kept after dup/error; round(9 * 0.25) = 2 most similar (resp 0: 0.95, resp 4: 0.8) dropped;
+    # 4 of the 7 left drawn at random
+    negatives = [e["rejected"][0]["content"] for e in out.examples]
+    allowed = {f"resp {i}" for i in (1, 2, 3, 5, 6, 7, 8)}
+    assert len(negatives) == len(set(negatives)) == 4 and set(negatives) <= allowed
     assert all(e["chosen"][0]["content"] == "reference answer p" for e in out.examples)
     assert {e["group"] for e in out.examples} == {"p"}
     assert out.dropped == {
@@ -63,8 +73,20 @@ def test_self_contrast_drops_dups_and_similar_and_keeps_k_least_similar():
         "judge_error": 1,
         "no_reference": 1,
         "too_similar": 2,
-        "beyond_k": 3,
+        "not_drawn": 3,
     }
+    # the draw is a function of (seed, prompt_id): the same whatever the row order, new with the seed
+    again = build(list(reversed(rows)), cfg)
+    assert [e["pair_id"] for e in again.examples] == [e["pair_id"] for e in out.examples]
+    draws = {
+        tuple(e["pair_id"] for e in build(rows, BuildConfig(builder="self_contrast", negatives=4, seed=s)).examples)
+        for s in range(8)
+    }
+    assert len(draws) > 1
+    assert all(set(d) <= {f"p:{i}" for i in (1, 2, 3, 5, 6, 7, 8)} for d in draws)
+    # the seed's rule: a prompt with fewer than k responses left gives no pairs
+    few = build(rows, BuildConfig(builder="self_contrast", negatives=8))
+    assert few.examples == [] and few.dropped["fewer_than_k"] == 7
 
 
 def test_sima_pick_is_chosen():
@@ -206,3 +228,14 @@ def test_a_judge_that_did_not_run_is_named_not_silently_dropped():
         get_builder("scl")(rows, BuildConfig(builder="scl"))
     with pytest.raises(StageInputError, match="reward_model_score1"):
         get_builder("best_vs_worst")(rows, BuildConfig(builder="best_vs_worst"))
+
+
+def test_build_stage_takes_the_run_seed_for_the_negatives(tmp_path):
+    from cluster.config import load_config
+    from cluster.stages import STAGES
+
+    cfg = load_config(None, [f"run_dir={tmp_path}", "seed=7", "build.builder=self_contrast"])
+    plan = STAGES["build"].prepare(cfg)
+    assert plan.settings.seed == 7 and plan.fingerprint["build"]["seed"] == 7
+    own = load_config(None, [f"run_dir={tmp_path}", "seed=7", "build.seed=3"])
+    assert STAGES["build"].prepare(own).settings.seed == 3

@@ -58,15 +58,62 @@ def test_grouped_sampler_keeps_groups_in_one_window_and_is_deterministic():
     assert list(again) == order
     s.set_epoch(1)
     assert len(list(s)) == len(order)
-    with pytest.raises(ValueError, match="optimizer step holds"):
-        GroupedWindowSampler(groups, window=3)
+
+
+def _windows_of(order: list[int], window: int, members: set[int]) -> list[int]:
+    return sorted({i // window for i, x in enumerate(order) if x in members})
+
+
+def test_grouped_sampler_splits_a_group_of_3_over_consecutive_steps_of_2():
+    # a: 3 examples, b: 1, c: 2; a step holds 2 -> [a a] [a b] [c c] in some order, a's two adjacent
+    groups = ["a", "a", "a", "b", "c", "c"]
+    s = GroupedWindowSampler(groups, window=2, seed=5)
+    assert s.split_groups == 1 and s.padding == 0 and len(s) == 6
+    for epoch in range(6):
+        s.set_epoch(epoch)
+        order = list(s)
+        assert sorted(order) == list(range(6))  # every example once per epoch
+        a = _windows_of(order, 2, {0, 1, 2})
+        assert a == [a[0], a[0] + 1]  # consecutive steps
+        assert _windows_of(order, 2, {4, 5}) in ([0], [1], [2])  # a group that fits is not split
+        again = GroupedWindowSampler(groups, window=2, seed=5)
+        again.set_epoch(epoch)
+        assert list(again) == order  # a function of (seed, epoch)
+
+
+def test_grouped_sampler_random_sizes_keep_length_and_adjacency():
+    import random
+
+    rng = random.Random(0)
+    for trial in range(30):
+        sizes = [rng.randint(1, 7) for _ in range(rng.randint(1, 12))]
+        groups = [f"g{j}" for j, k in enumerate(sizes) for _ in range(k)]
+        window = rng.randint(1, 4)
+        s = GroupedWindowSampler(groups, window=window, seed=trial)
+        lengths = set()
+        for epoch in range(3):
+            s.set_epoch(epoch)
+            order = list(s)
+            lengths.add(len(order))
+            assert set(order) == set(range(len(groups))) and len(order) - len(groups) == s.padding
+            for j in range(len(sizes)):
+                w = _windows_of(order, window, {i for i, g in enumerate(groups) if g == f"g{j}"})
+                assert w == list(range(w[0], w[0] + len(w)))
+                assert len(w) == -(-sizes[j] // window)
+        assert len(lengths) == 1  # fixed epoch length
 
 
 def test_config_validation():
     with pytest.raises(ValueError):
         TrainConfig(algorithm="ppo")
     with pytest.raises(ValueError):
-        TrainConfig(algorithm="sft", sft_weight=0.1)
+        TrainConfig(algorithm="sft", sft_beta=0.1)
+    with pytest.raises(ValueError):
+        TrainConfig(sft_beta=1.5)
+    with pytest.raises(ValueError):
+        TrainConfig(algorithm="sft", sft_first={"epochs": 1})
+    with pytest.raises(ValueError):
+        TrainConfig(too_long="truncate")
     with pytest.raises(ValueError):
         TrainConfig(lora={"rank": 4})
     assert TrainConfig(batch_size=2, grad_accum=3, num_workers=2).global_batch == 12
@@ -106,7 +153,7 @@ def ray_run(tmp_path_factory, tiny_model_dir, ray_local):
     """One DPO+SFT LoRA run through Ray Train (1 worker), shared by the checks below."""
     tmp = tmp_path_factory.mktemp("ray-run")
     build = _build(tmp, toy_scl_rows(4))
-    train = TrainConfig(batch_size=4, max_steps=2, lr=5e-3, sft_weight=0.1, log_every=1, checkpoint_every=1)
+    train = TrainConfig(batch_size=4, max_steps=2, lr=5e-3, sft_beta=0.1, log_every=1, checkpoint_every=1)
     summary = run_train(train, str(tiny_model_dir), build, tmp / "train")
     return tmp, build, train, summary
 
@@ -130,7 +177,7 @@ def test_ray_first_step_equals_standalone_trl(ray_run, tiny_model_dir):
             learning_rate=5e-3,
             beta=0.1,
             loss_type=["sigmoid", "sft"],
-            loss_weights=[1.0, 0.1],
+            loss_weights=[0.9, 0.1],  # ms-swift's sft_beta 0.1: 0.9 * DPO + 0.1 * SFT
             bf16=False,
             use_cpu=True,
             gradient_checkpointing=False,
@@ -151,7 +198,7 @@ def test_ray_first_step_equals_standalone_trl(ray_run, tiny_model_dir):
     plain = trl.state.log_history[0]
     assert ray_log[0]["loss"] == pytest.approx(plain["loss"], abs=1e-5)
     assert ray_log[0]["grad_norm"] == pytest.approx(plain["grad_norm"], abs=1e-5)
-    assert ray_log[0]["loss"] > LN2 + 0.1  # the SFT term is in
+    assert ray_log[0]["loss"] > LN2 + 0.1  # the SFT term is in (0.9 ln 2 + 0.1 * NLL, NLL ~ ln V)
 
 
 def test_saved_model_loads_in_vllm(ray_run, tmp_path):
@@ -254,3 +301,54 @@ def test_worker_killed_resumes_from_checkpoint_seeing_data_once(tmp_path, tiny_m
         prompts = Counter(i.split(":")[0] for r in (0, 1) for i in final[(r, step)])
         assert set(prompts.values()) == {2}
     assert math.isfinite(json.loads((tmp_path / "train" / "log_history.json").read_text())[-1]["train_loss"])
+
+
+def test_group_larger_than_a_step_after_sft_first_through_ray(tmp_path, tiny_model_dir, ray_local):
+    """p0 has 3 pairs (one chosen), p1 1, p2 2; a step holds 2: p0 runs over two consecutive steps.
+    sft_first trains SFT on each distinct (prompt, chosen) once, and DPO starts from that model."""
+    from safetensors.torch import load_file
+
+    if not ray_local.is_initialized():
+        ray_local.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    rows = [
+        judged_row(
+            f"p{p}",
+            i,
+            attempt1=f"wrong {p} {i}",
+            attempt2="right 0" if p == 0 else f"right {p} {i}",
+            verifier_score1=0.0,
+            verifier_score2=1.0,
+        )
+        for p, n in enumerate((3, 1, 2))
+        for i in range(n)
+    ]
+    build = _build(tmp_path, rows)
+    train = TrainConfig(
+        batch_size=1,
+        grad_accum=2,
+        lr=1e-3,
+        log_every=1,
+        log_samples=True,
+        checkpoint_every=100,
+        sft_first={"epochs": 1, "lr": 5e-3},
+    )
+    summary = run_train(train, str(tiny_model_dir), build, tmp_path / "train")
+    assert summary["steps"] == 3
+    assert summary["data"]["groups_split"] == 1 and summary["data"]["padding"] == 0
+    steps = [json.loads(x) for x in (tmp_path / "train" / "samples" / "rank0.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert sorted(i for s in steps for i in s["ids"]) == sorted(r["pair_id"] for r in build.read().to_pylist())
+    p0 = [s["step"] for s in steps if any(i.startswith("p0:") for i in s["ids"])]
+    assert p0 == [p0[0], p0[0] + 1]
+
+    sft_dir = tmp_path / "train" / "sft"
+    sft = json.loads((sft_dir / "_SUCCESS.json").read_text())
+    assert sft["algorithm"] == "sft" and sft["steps"] == 2  # p0 once, p1, p2 twice: 4 examples
+    sft_ids = [i for x in (sft_dir / "samples" / "rank0.jsonl").read_text().splitlines() for i in json.loads(x)["ids"]]
+    assert sorted(sft_ids) == ["p0:0", "p1:0", "p2:0", "p2:1"]
+    assert summary["sft_first"]["model"] == str(sft_dir / "model")
+    base = load_file(tiny_model_dir / "model.safetensors")
+    tuned = load_file(sft_dir / "model" / "model.safetensors")
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if k in tuned)
+    dpo_log = json.loads((tmp_path / "train" / "log_history.json").read_text())
+    assert dpo_log[0]["loss"] == pytest.approx(LN2, abs=1e-5)  # the SFT model is policy and reference
