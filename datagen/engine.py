@@ -197,10 +197,6 @@ class GenerationWorker:
         self.ready_at = time.time()  # wall clock: comparable with the driver's
         self._metrics = _Metrics(model) if _in_ray() else None
 
-    @property
-    def llm(self) -> Any:
-        return self.policy.llm if self.policy is not None else None
-
     def close(self) -> None:
         """Stop the engines' processes now rather than at interpreter exit."""
         for engine in (self.policy, self.teacher):

@@ -480,7 +480,9 @@ def _selfee_chains(
                 # The phrase is a verdict only inside a feedback; in an answer it is put back and writing goes on.
                 in_feedback = len(feedbacks) > len(revisions)
                 if in_feedback and len(revisions) < cfg.enforce_revisions:
-                    text = text.rstrip() + " " + NEEDED + REVISION_HEADER.format(n=len(revisions) + 1)
+                    before = text.rstrip()
+                    verdict = NEEDED if not before or before[-1] in ".!?:\n" else NEEDED.lower()
+                    text = f"{before} {verdict}".lstrip() + REVISION_HEADER.format(n=len(revisions) + 1)
                     going.append(row)
                 else:
                     text += out.stop_reason

@@ -245,3 +245,9 @@ def test_teacher_config_is_checked():
         GenerateConfig(mode="selfee", teacher={"model": "x", "api_key": "sk-secret"})
     with pytest.raises(ValueError, match="no teacher completer"):
         generate_rows(PROMPTS, GenerateConfig(mode="selfee", teacher={"model": "x"}), Tagged("p"), model="m", seed=0)
+
+
+def test_chain_enforce_keeps_the_sentence_it_rewrites():
+    model = ChainModel(verdict="So no revision is needed.")
+    (r,) = generate_rows(PROMPTS[:1], _chain_cfg(n=1, max_revisions=1, enforce_revisions=1), model, model="m", seed=0)
+    assert r["feedbacks"][0] == "Score: 9/10. So revision is needed." and r["revisions"] == ["revision 1"]

@@ -130,3 +130,28 @@ def test_a_shard_with_vllm_serve_as_teacher(tiny_model_dir, tmp_path):
             "revision": "openai:tiny",
         }
     assert rows[0]["attempt1"] != rows[1]["attempt1"]  # n=2 samples from one request, seeded
+
+
+@pytest.mark.slow
+def test_a_vllm_teacher_runs_beside_the_policy_in_the_worker(tiny_model_dir):
+    """kind vllm: a second engine in the generation actor critiques and revises the policy's answers."""
+    from datagen.engine import GenerationWorker, VLLMEngine
+
+    engine = {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024}
+    teacher = {"kind": "vllm", "model": str(tiny_model_dir), "answers": "policy", "max_tokens": 6}
+    cfg = GenerateConfig(mode="selfee", n=2, max_tokens=8, max_revisions=1, engine=engine, teacher=teacher)
+    worker = GenerationWorker(str(tiny_model_dir), "/unused", cfg.model_dump(), seed=0)
+    try:
+        assert isinstance(worker.policy, VLLMEngine) and isinstance(worker.teacher, VLLMEngine)
+        table, stats = worker({"shard": 0, "prompts": [PROMPTS[0].to_row()]})
+    finally:
+        worker.close()
+    rows = table.to_pylist()
+    assert len(rows) == 2 and stats["engine_seconds"] > 0
+    for r in rows:
+        writers = json.loads(r["sampling"])["writers"]
+        big = f"vllm:{tiny_model_dir}"
+        assert writers == {"answer": str(tiny_model_dir), "feedback": big, "revision": big}
+        assert len(r["feedbacks"]) == 1 and len(r["revisions"]) <= 1
+        # the teacher's own max_tokens bounds its turns
+        assert r["generated_tokens"] <= r["attempt1_tokens"] + 6 * (1 + len(r["revisions"]))
