@@ -108,6 +108,54 @@ class JudgePoolConfig(Strict):
         return self
 
 
+class TeacherConfig(Strict):
+    """The stronger model that writes SelFee's feedback and revisions (the paper distils ChatGPT).
+
+    ``kind: openai`` is any OpenAI-compatible chat API; the key is read from ``api_key_env`` when a
+    request is made and never stored. ``kind: vllm`` runs ``model`` (an HF name or folder) in a
+    second vLLM engine inside each generation actor.
+    """
+
+    kind: Literal["openai", "vllm"] = "openai"
+    model: str = Field(..., description="openai: the API's model name; vllm: an HF name or local folder")
+    answers: Literal["teacher", "policy"] = Field(
+        "teacher", description="who writes the initial answer (SelFee: the teacher, ChatGPT, wrote it too)"
+    )
+    temperature: float | None = Field(None, ge=0, description="default: generate's temperatures")
+    max_tokens: int | None = Field(None, ge=1, description="new tokens per teacher turn (default: generate.max_tokens)")
+    # openai
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = Field("OPENAI_API_KEY", description="NAME of the env var holding the key")
+    concurrency: int = Field(16, ge=1, description="requests in flight at once, per generation actor")
+    requests_per_min: float | None = Field(None, gt=0, description="per generation actor")
+    tokens_per_min: float | None = Field(None, gt=0, description="per generation actor")
+    timeout_s: float = Field(120.0, gt=0, description="per request")
+    max_retries: int = Field(5, ge=0, description="on 429, 5xx, timeouts and cut connections")
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each retry")
+    max_backoff_s: float = Field(60.0, ge=0)
+    cache_dir: str | None = Field(
+        None, description="answers cached on disk: a redone shard gets the same text (default: RUN_DIR/teacher_cache)"
+    )
+    # vllm
+    engine: EngineConfig | None = Field(
+        None, description="vllm: the teacher engine's settings (default: generate.engine)"
+    )
+
+
+# Teacher settings that change how fast or where it runs, not what it writes: not in the fingerprint.
+TEACHER_PLACEMENT = {
+    "concurrency",
+    "requests_per_min",
+    "tokens_per_min",
+    "timeout_s",
+    "max_retries",
+    "backoff_s",
+    "max_backoff_s",
+    "cache_dir",
+    "engine",
+}
+
+
 class GenerateConfig(Strict):
     mode: Literal["two_attempt", "selfee", "sima", "single"] = Field(
         "two_attempt",
@@ -124,6 +172,15 @@ class GenerateConfig(Strict):
     system_prompt: str | None = None
     max_revisions: int = Field(3, ge=1, description="SelFee: revision rounds at most")
     enforce_revisions: int = Field(0, ge=0, description="SelFee: revise at least this many times")
+    selfee_format: Literal["dialogue", "chain"] = Field(
+        "dialogue",
+        description="SelFee: dialogue asks for each feedback and revision in a turn of its own (the paper's data "
+        "generation); chain has the model write answer, feedbacks and revisions in one reply, as a model "
+        "trained on SelFee chains does (the paper's inference)",
+    )
+    teacher: TeacherConfig | None = Field(
+        None, description="SelFee dialogue: who writes feedback and revisions (None: the policy itself)"
+    )
     shard_size: int = Field(32, ge=1, description="prompts per output shard (the unit of resume)")
     engine: EngineConfig = EngineConfig()
 
@@ -131,6 +188,8 @@ class GenerateConfig(Strict):
     def _check(self) -> GenerateConfig:
         if self.enforce_revisions > self.max_revisions:
             raise ValueError("enforce_revisions must be <= max_revisions")
+        if self.teacher is not None and (self.mode != "selfee" or self.selfee_format != "dialogue"):
+            raise ValueError("generate.teacher only applies to mode: selfee with selfee_format: dialogue")
         if self.mode == "sima" and self.n < 2:
             raise ValueError("sima mode needs n >= 2 (one greedy plus sampled responses)")
         return self

@@ -54,35 +54,33 @@ def engine_env(engine: EngineConfig) -> dict[str, str]:
     return env
 
 
-class GenerationWorker:
-    """Holds a vLLM engine; turns one shard of prompts into one table of sample rows."""
+class VLLMEngine:
+    """One ``vllm.LLM`` that completes ``Request`` batches (the policy, or a vLLM teacher)."""
 
-    def __init__(self, model: str, model_cache: str, generate: dict[str, Any], seed: int):
-        started = time.perf_counter()
+    def __init__(self, model_path: str, engine: EngineConfig, cfg: GenerateConfig, seed: int, max_tokens: int):
         from vllm import LLM
 
-        self.cfg = GenerateConfig.model_validate(generate)
-        self.model_name = model
-        self.seed = seed
-        path = resolve_model(model, model_cache)
-        self.llm = LLM(**engine_kwargs(self.cfg.engine, path, seed))
-        # import, model resolution and engine start: the one-time cost of an actor
-        self.startup_seconds = time.perf_counter() - started
-        self.ready_at = time.time()  # wall clock: comparable with the driver's
+        self.cfg = cfg
+        self.max_tokens = max_tokens
+        self.llm = LLM(**engine_kwargs(engine, model_path, seed))
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
-        self._metrics = _Metrics(model) if _in_ray() else None
-        self._closing = False
-        self._engine_seconds = 0.0
+        self.closing = False
+        self.seconds = 0.0  # inside vllm.LLM.generate
         self._watch_engine()
 
     def close(self) -> None:
         """Stop the engine's processes now rather than at interpreter exit."""
-        self._closing = True
+        self.closing = True
         self.llm.llm_engine.engine_core.shutdown()
 
-    def _encode(self, conversation: list[dict[str, str]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    def encode(self, conversation: list[dict[str, str]], continue_final: bool = False) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            conversation,
+            tokenize=False,
+            add_generation_prompt=not continue_final,
+            continue_final_message=continue_final,
+        )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def complete(self, requests: list[Request]) -> list[list[Completion]]:
@@ -91,7 +89,7 @@ class GenerationWorker:
         results: list[list[Completion] | None] = [None] * len(requests)
         prompts, params, slots = [], [], []
         for i, req in enumerate(requests):
-            ids = self._encode(req.conversation)
+            ids = self.encode(req.conversation, req.continue_final)
             room = self.max_model_len - len(ids)
             if room < 1:
                 results[i] = [Completion("", 0, "context")] * req.n
@@ -103,8 +101,9 @@ class GenerationWorker:
                     temperature=req.temperature,
                     top_p=self.cfg.top_p if req.temperature > 0 else 1.0,
                     top_k=self.cfg.top_k if req.temperature > 0 else -1,
-                    max_tokens=min(self.cfg.max_tokens, room),
+                    max_tokens=min(self.max_tokens, room),
                     seed=req.seed,
+                    stop=list(req.stop) or None,
                 )
             )
             slots.append(i)
@@ -112,7 +111,13 @@ class GenerationWorker:
             outputs = self._generate(prompts, params)
             for slot, out in zip(slots, outputs, strict=True):
                 results[slot] = [
-                    Completion(c.text, len(c.token_ids), str(c.finish_reason)) for c in out.outputs
+                    Completion(
+                        c.text,
+                        len(c.token_ids),
+                        str(c.finish_reason),
+                        c.stop_reason if isinstance(c.stop_reason, str) else None,
+                    )
+                    for c in out.outputs
                 ]
         return [r if r is not None else [] for r in results]
 
@@ -130,7 +135,7 @@ class GenerationWorker:
         def watch() -> None:
             while not resources.engine_dead:
                 time.sleep(0.5)
-            if not self._closing:
+            if not self.closing:
                 # Also seen when Ray retires an idle actor, which stops the engine first.
                 print(
                     "vLLM engine process ended; ending this actor (Ray restarts it if work remains)",
@@ -153,13 +158,69 @@ class GenerationWorker:
             print("vLLM engine died; ending the actor so Ray restarts it", file=sys.stderr, flush=True)
             os._exit(1)
         finally:
-            self._engine_seconds += time.perf_counter() - started
+            self.seconds += time.perf_counter() - started
+
+
+class GenerationWorker:
+    """Holds the policy's vLLM engine (and a teacher); turns one shard of prompts into one table of rows.
+
+    The policy engine is not started when a teacher writes every turn (SelFee with
+    ``teacher.answers: teacher``); its tokenizer still counts the prompt tokens.
+    """
+
+    def __init__(self, model: str, model_cache: str, generate: dict[str, Any], seed: int):
+        started = time.perf_counter()
+        self.cfg = GenerateConfig.model_validate(generate)
+        self.model_name = model
+        self.seed = seed
+        path = resolve_model(model, model_cache)
+        teacher = self.cfg.teacher
+        self.policy: VLLMEngine | None = None
+        if teacher is None or teacher.answers == "policy":
+            self.policy = VLLMEngine(path, self.cfg.engine, self.cfg, seed, self.cfg.max_tokens)
+            self.tokenizer = self.policy.tokenizer
+        else:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.teacher: Any = None
+        if teacher is not None and teacher.kind == "openai":
+            from datagen.teacher import OpenAITeacher
+
+            self.teacher = OpenAITeacher(teacher, self.cfg.max_tokens, self.cfg.top_p)
+        elif teacher is not None:
+            engine = teacher.engine or self.cfg.engine
+            teacher_path = resolve_model(teacher.model, model_cache)
+            self.teacher = VLLMEngine(teacher_path, engine, self.cfg, seed, teacher.max_tokens or self.cfg.max_tokens)
+        # import, model resolution and engine start: the one-time cost of an actor
+        self.startup_seconds = time.perf_counter() - started
+        self.ready_at = time.time()  # wall clock: comparable with the driver's
+        self._metrics = _Metrics(model) if _in_ray() else None
+
+    def close(self) -> None:
+        """Stop the engines' processes now rather than at interpreter exit."""
+        for engine in (self.policy, self.teacher):
+            if isinstance(engine, VLLMEngine):
+                engine.close()
+
+    def _encode(self, conversation: list[dict[str, str]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def complete(self, requests: list[Request]) -> list[list[Completion]]:
+        if self.policy is None:
+            raise RuntimeError("the policy engine was not started: the teacher writes every turn")
+        return self.policy.complete(requests)
+
+    def _engine_seconds(self) -> float:
+        return sum(e.seconds for e in (self.policy, self.teacher) if isinstance(e, VLLMEngine))
 
     def __call__(self, task: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
         prompts = [Prompt.from_row(r) for r in task["prompts"]]
         started = time.perf_counter()
-        self._engine_seconds = 0.0
-        rows = generate_rows(prompts, self.cfg, self.complete, model=self.model_name, seed=self.seed)
+        engine_before = self._engine_seconds()
+        teach = self.teacher.complete if self.teacher is not None else None
+        rows = generate_rows(prompts, self.cfg, self.complete, model=self.model_name, seed=self.seed, teach=teach)
         prompt_tokens: dict[str, int] = {}
         for row in rows:
             if row["prompt_id"] not in prompt_tokens:
@@ -174,11 +235,14 @@ class GenerationWorker:
             "samples": len(rows),
             "generated_tokens": tokens,
             "generate_seconds": seconds,
-            "engine_seconds": self._engine_seconds,  # inside vllm.LLM.generate; the rest is turn logic
+            # inside vllm.LLM.generate; the rest is turn logic (and API calls to a teacher)
+            "engine_seconds": self._engine_seconds() - engine_before,
             "worker_startup_seconds": self.startup_seconds,
             "worker_ready_at": self.ready_at,
             "actor_pid": os.getpid(),
         }
+        if hasattr(self.teacher, "stats"):
+            stats.update(self.teacher.stats.take())
         return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), stats
 
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from datagen.config import GenerateConfig, PromptsConfig
+from datagen.config import TEACHER_PLACEMENT, GenerateConfig, PromptsConfig
 from datagen.engine import GenerationWorker, engine_env
 from datagen.models import resolve_model
 from datagen.pipeline import run_shard_stage
@@ -80,7 +80,7 @@ def plan_generate(
     check_lengths(prompts, model_path, cfg)
     ids = hashlib.sha256("\n".join(p.prompt_id for p in prompts).encode()).hexdigest()
     # What changes the output; engine placement (actors, CPUs, GPUs, cache size) does not.
-    gen = cfg.model_dump(exclude={"engine"})
+    gen = cfg.model_dump(exclude={"engine": True, "teacher": TEACHER_PLACEMENT})
     fingerprint = {
         "model": model,
         "seed": seed,
@@ -102,6 +102,10 @@ def run_generate(plan: GeneratePlan, out: StageDir, overwrite: bool = False) -> 
         {"shard": i, "prompts": [p.to_row() for p in shard]} for i, shard in enumerate(shards) if i not in done
     ]
     engine = plan.cfg.engine
+    generate = plan.cfg.model_dump()
+    if generate["teacher"] is not None and generate["teacher"]["cache_dir"] is None:
+        # Outside the stage directory, so even --overwrite reuses the teacher's paid-for answers.
+        generate["teacher"]["cache_dir"] = str((out.path.parent / "teacher_cache").absolute())
     started = time.perf_counter()
     started_at = time.time()
     manifest = run_shard_stage(
@@ -111,7 +115,7 @@ def run_generate(plan: GeneratePlan, out: StageDir, overwrite: bool = False) -> 
         {
             "model": plan.model,
             "model_cache": plan.model_cache,
-            "generate": plan.cfg.model_dump(),
+            "generate": generate,
             "seed": plan.seed,
         },
         min_actors=engine.min_actors,
@@ -150,5 +154,8 @@ def run_generate(plan: GeneratePlan, out: StageDir, overwrite: bool = False) -> 
         # Ray Data planning, actor start, imports and engine start: until the first engine was ready
         "startup_seconds": min((m["stats"]["worker_ready_at"] for m in manifest), default=started_at) - started_at,
     }
+    if plan.cfg.teacher is not None:
+        for key in ("teacher_calls", "teacher_cache_hits", "teacher_retries", "teacher_errors"):
+            summary[f"{key}_this_run"] = sum(m["stats"].get(key, 0) for m in manifest)
     out.mark_done(summary)
     return summary

@@ -24,7 +24,8 @@ import pyarrow as pa
 
 from datagen.records import MESSAGES, judge_column
 from datagen.shards import StageInputError
-from rl.config import BuildConfig
+from datagen.turns import NEEDED, NOT_NEEDED, enforce_revision, format_chain, has_verdict, needs_revision
+from rl.config import SELFEE_PASS_MARKS, BuildConfig
 
 Row = dict[str, Any]
 
@@ -241,29 +242,49 @@ def build_sima(rows: list[Row], cfg: BuildConfig) -> BuildResult:
 
 # --- SelFee: answer, feedback, revision chains ---------------------------------------------------
 
-NEEDED, NOT_NEEDED = "Revision is needed.", "Revision is not needed."
-
-
 def selfee_chain(answer: str, feedbacks: list[str], revisions: list[str]) -> str:
-    """One SelFee completion: the answer, then each feedback and the revision it asked for.
+    """One SelFee completion in the paper's format, each feedback's verdict agreeing with the chain.
 
-        {answer}\n\n### Feedback 1:\n{feedback} Revision is needed.\n\n### Revision 1:\n{revision} ...
+        {answer}\n\n### Feedback 1:\n{feedback}\n\n### Revision 1:\n{revision}\n\n### Feedback 2:\n...
 
-    A feedback that does not end with a verdict gets one: "needed" when a revision follows it.
+    A feedback followed by a revision must ask for it: a "no revision is needed" verdict there is
+    rewritten as revision-enforce mode writes it ("Revision is needed."), and a feedback with no
+    verdict at all gets one appended — "needed" when a revision follows or its score is below 9,
+    else "Revision is not needed." — so a trained model learns where a chain goes on and stops.
     """
-    parts = [answer.strip()]
+    fixed = []
     for i, feedback in enumerate(feedbacks):
         text = feedback.strip()
-        if not text.rstrip(".").endswith(("Revision is needed", "Revision is not needed")):
-            text = f"{text} {NEEDED if i < len(revisions) else NOT_NEEDED}".strip()
-        parts.append(f"### Feedback {i + 1}:\n{text}")
-        if i < len(revisions):
-            parts.append(f"### Revision {i + 1}:\n{revisions[i].strip()}")
-    return "\n\n".join(parts)
+        revised = i < len(revisions)
+        if revised and not needs_revision(text):
+            text = enforce_revision(text)
+        elif not has_verdict(text):
+            text = f"{text} {NEEDED if revised or needs_revision(text) else NOT_NEEDED}".strip()
+        fixed.append(text)
+    return format_chain(answer, fixed, revisions)
+
+
+def selfee_threshold(cfg: BuildConfig) -> float | None:
+    """The final-answer score a SelFee chain needs, in ``build.judge``'s units (None: no filter).
+
+    ``build.min_score`` when set, else the judge's pass mark (``rl.config.SELFEE_PASS_MARKS``); the
+    config refuses a judge with neither, and a threshold outside a known judge's scale.
+    """
+    if cfg.judge is None:
+        return None
+    return cfg.min_score if cfg.min_score is not None else SELFEE_PASS_MARKS[cfg.judge]
 
 
 def build_selfee(rows: list[Row], cfg: BuildConfig) -> BuildResult:
-    """SFT examples of the whole answer -> feedback -> revision chain (SelFee, Ye et al. 2023)."""
+    """SFT examples of the whole answer -> feedback -> revision chain (SelFee, Ye et al. 2023).
+
+    With ``build.judge`` set, a chain is kept when the judge's score of its final answer (the last
+    revision, else the answer) is at least ``selfee_threshold`` (``build.min_score``, or the judge's
+    pass mark). The paper keeps every teacher chain; the filter is for chains a weaker model wrote.
+    """
+    threshold = selfee_threshold(cfg)
+    if cfg.judge is not None:
+        _need(rows, cfg.judge, ("score1", "error"), "selfee")
     out = BuildResult("sft", [])
     for row in rows:
         feedbacks = list(row.get("feedbacks") or [])
@@ -274,10 +295,14 @@ def build_selfee(rows: list[Row], cfg: BuildConfig) -> BuildResult:
             out.dropped["no_feedback"] += 1
         elif len(revisions) > len(feedbacks):
             out.dropped["revision_without_feedback"] += 1
+        elif not all(r.strip() for r in revisions) or not all(f.strip() for f in feedbacks):
+            out.dropped["empty_turn"] += 1
         elif cfg.selfee_only_revised and not revisions:
             out.dropped["not_revised"] += 1
-        elif cfg.judge and (_error(row, cfg.judge) or not _final_correct(row, cfg.judge)):
-            out.dropped["final_not_correct"] += 1
+        elif cfg.judge is not None and (_error(row, cfg.judge) or _final_score(row, cfg.judge) is None):
+            out.dropped["judge_error"] += 1
+        elif threshold is not None and _final_score(row, cfg.judge) < threshold:
+            out.dropped["final_below_min_score"] += 1
         else:
             chain = selfee_chain(row["attempt1"], feedbacks, revisions)
             out.examples.append(
@@ -291,11 +316,11 @@ def build_selfee(rows: list[Row], cfg: BuildConfig) -> BuildResult:
     return out
 
 
-def _final_correct(row: Row, judge: str) -> bool:
-    score = row.get(f"{judge}_score2")
-    if score is None:
-        score = row.get(f"{judge}_score1")
-    return score is not None and score >= 0.5
+def _final_score(row: Row, judge: str | None) -> float | None:
+    """The judge's score of the chain's final answer: attempt 2 (the last revision), else attempt 1."""
+    if row.get("attempt2") is not None:
+        return row.get(f"{judge}_score2")
+    return row.get(f"{judge}_score1")
 
 
 # --- best vs worst by any scalar judge ------------------------------------------------------------

@@ -200,7 +200,9 @@ def _load_dataset(paths: list[str], algorithm: str, exclude: frozenset[str] = fr
         table = table.filter(pa.array(keep, pa.bool_()))
     if algorithm == "sft" and "messages" not in table.column_names:
         table = _chosen_as_sft(table)
-    keep = ["messages"] if algorithm == "sft" else ["prompt", "chosen", "rejected"]
+    if algorithm == "sft":
+        table = _prompt_completion(table)
+    keep = ["prompt", "completion"] if algorithm == "sft" else ["prompt", "chosen", "rejected"]
     table = table.select([*keep, "pair_id", "group"])
     table = table.append_column("row_id", pa.array(range(table.num_rows), pa.int64()))
     return datasets.Dataset(table)
@@ -223,6 +225,32 @@ def _chosen_as_sft(table):
         pair_ids.append(r["pair_id"])
         groups.append(r["group"])
     return pa.table({"messages": messages, "pair_id": pair_ids, "group": groups})
+
+
+def split_at_last_user(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(prompt, completion): the messages up to the last user turn, and the assistant turns after it.
+
+    SFT learns only the completion (TRL's ``completion_only_loss``): the chat it answers is context,
+    as in SelFee's training, where the loss covers the answer, feedback and revision chain alone.
+    """
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    completion = messages[last_user + 1 :]
+    if last_user < 0 or not completion or any(m["role"] != "assistant" for m in completion):
+        raise StageInputError(
+            "an SFT example must end with assistant turns after a user turn; got roles "
+            f"{[m['role'] for m in messages]}"
+        )
+    return messages[: last_user + 1], completion
+
+
+def _prompt_completion(table):
+    """SFT ``messages`` as TRL's conversational prompt/completion columns."""
+    import pyarrow as pa
+
+    split = [split_at_last_user(m) for m in table["messages"].to_pylist()]
+    messages_type = table.schema.field("messages").type
+    table = table.append_column("prompt", pa.array([p for p, _ in split], messages_type))
+    return table.append_column("completion", pa.array([c for _, c in split], messages_type))
 
 
 def _trl_args(cfg: dict[str, Any], output_dir: str, use_cpu: bool):
@@ -264,7 +292,8 @@ def _trl_args(cfg: dict[str, Any], output_dir: str, use_cpu: bool):
             (["sigmoid", "sft"], [1.0 - t.sft_beta, t.sft_beta]) if t.sft_beta else (["sigmoid"], None)
         )
         return DPOConfig(beta=t.beta, loss_type=loss_type, loss_weights=weights, **common)
-    return SFTConfig(**common)
+    # The loss covers the completion (the assistant's reply) only, never the prompt.
+    return SFTConfig(completion_only_loss=True, **common)
 
 
 def _peft_config(t: TrainConfig):

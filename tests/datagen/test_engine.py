@@ -74,3 +74,32 @@ def test_a_large_seeded_batch_does_not_crash_the_cpu_engine(worker):
     reqs = [Request([{"role": "user", "content": text.format(i, i, i)}], 4, 1.0, i) for i in range(128)]
     outs = worker.complete(reqs)
     assert len(outs) == 128 and all(len(o) == 4 for o in outs)
+
+
+def test_stop_strings_and_continuing_a_reply(worker):
+    """What SelFee's chain format needs from the engine: stop at a verdict, and write on from it."""
+    conv = [{"role": "user", "content": "Say something."}]
+    (full,) = worker.complete([Request(conv, 1, 1.0, 7)])[0]  # seeded: the same tokens again below
+    text = full.text
+    assert full.stop_reason is None
+    # a stop string whose first occurrence is a few characters in
+    k = next(k for k in range(3, len(text) - 3) if text.find(text[k : k + 3]) == k and text[k : k + 3].strip())
+    stop = text[k : k + 3]
+    (cut,) = worker.complete([Request(conv, 1, 1.0, 7, stop=(stop,))])[0]
+    assert cut.text == text[:k] and (cut.finish, cut.stop_reason) == ("stop", stop)
+    # Continuing the assistant's reply: the prompt ends inside that reply, not after an end-of-turn.
+    partial = conv + [{"role": "assistant", "content": cut.text + stop}]
+    ids = worker.policy.encode(partial, continue_final=True)
+    assert worker.tokenizer.decode(ids).endswith(cut.text + stop)
+    (more,) = worker.complete([Request(partial, 1, 0.0, 1, continue_final=True)])[0]
+    assert more.tokens > 0
+
+
+def test_selfee_chain_format_with_the_real_engine(worker):
+    cfg = GenerateConfig(mode="selfee", selfee_format="chain", n=2, max_tokens=8, max_revisions=2, enforce_revisions=1)
+    rows = generate_rows(PROMPTS, cfg, worker.complete, model="tiny", seed=0)
+    assert len(rows) == 4 and pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA).num_rows == 4
+    for r in rows:  # a random model writes no "### Feedback" header: each chain is its answer alone
+        reply = r["conversation"][-1]
+        assert reply["role"] == "assistant" and r["attempt1"] == reply["content"].strip()
+        assert r["generated_tokens"] > 0 and r["revisions"] == [] and r["attempt2"] is None

@@ -2,17 +2,19 @@
 is "requests in, completions out", and a scripted completer is the only way to make a model say
 "Revision is not needed" on cue. The real engine drives the same planner in test_engine.py."""
 
+
 from datagen.config import GenerateConfig
 from datagen.records import Prompt
 from datagen.turns import (
-    FEEDBACK_PROMPT,
     REVISION_PROMPT,
     Completion,
     derive_seed,
-    enforce_revision,
     generate_rows,
-    needs_revision,
 )
+
+
+def is_feedback_request(text: str) -> bool:
+    return "Here is a proposed answer:" in text and text.endswith("Critique:")
 
 PROMPTS = [Prompt("p0", [{"role": "user", "content": "Q0"}]), Prompt("p1", [{"role": "user", "content": "Q1"}])]
 
@@ -29,8 +31,8 @@ class Scripted:
         out = []
         for r in requests:
             last = r.conversation[-1]["content"]
-            if last == FEEDBACK_PROMPT:
-                rnd = sum(m["content"] == FEEDBACK_PROMPT for m in r.conversation)
+            if is_feedback_request(last):
+                rnd = sum(is_feedback_request(m["content"]) for m in r.conversation)
                 verdict = self.verdicts[min(rnd, len(self.verdicts)) - 1]
                 text = "Looks fine. Revision is not needed." if verdict == "not" else "Wrong. Revision is needed."
             else:
@@ -43,12 +45,6 @@ def test_seeds_are_stable_and_distinct():
     assert derive_seed(0, "p", "a1") == derive_seed(0, "p", "a1")
     assert len({derive_seed(0, "p", "a2", i) for i in range(100)}) == 100
     assert derive_seed(1, "p", "a1") != derive_seed(0, "p", "a1")
-
-
-def test_revision_verdicts():
-    assert not needs_revision("All good. Revision is not needed.")
-    assert needs_revision("Revision is needed.") and needs_revision("no verdict at all")
-    assert enforce_revision("ok. Revision is NOT needed.") == "ok. Revision is needed."
 
 
 def test_two_attempt_rows_and_conversation():
@@ -78,17 +74,24 @@ def test_selfee_stops_when_no_revision_is_needed():
     r = rows[0]
     assert len(r["feedbacks"]) == 2 and len(r["revisions"]) == 1
     assert r["attempt2"] == r["revisions"][-1]
-    roles = [(m["role"], m["content"] in (FEEDBACK_PROMPT, REVISION_PROMPT)) for m in r["conversation"]]
-    assert roles == [
+    kinds = [
+        (m["role"], "feedback" if is_feedback_request(m["content"]) else m["content"] == REVISION_PROMPT)
+        for m in r["conversation"]
+    ]
+    assert kinds == [
         ("user", False),
         ("assistant", False),
-        ("user", True),
+        ("user", "feedback"),
         ("assistant", False),
         ("user", True),
         ("assistant", False),
-        ("user", True),
+        ("user", "feedback"),
         ("assistant", False),
     ]
+    # The critic is asked about the question and the latest answer (SelFee's data-generation prompt).
+    first, second = (m["content"] for m in r["conversation"] if is_feedback_request(m["content"]))
+    assert first.startswith("Q0\nHere is a proposed answer:\nanswer 1\n") and "less than 9" in first
+    assert f"proposed answer:\n{r['revisions'][0]}\n" in second
 
 
 def test_selfee_enforce_mode_forces_at_least_k_revisions():
@@ -96,7 +99,7 @@ def test_selfee_enforce_mode_forces_at_least_k_revisions():
     rows = generate_rows(PROMPTS, cfg, Scripted(verdicts=("not",)), model="m", seed=0)
     for r in rows:
         assert len(r["revisions"]) == 2 and len(r["feedbacks"]) == 3
-        assert all("Revision is needed" in f for f in r["feedbacks"][:2])
+        assert r["feedbacks"][:2] == ["Looks fine. Revision is needed."] * 2
         assert "Revision is not needed" in r["feedbacks"][2]
 
 

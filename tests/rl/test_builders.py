@@ -9,6 +9,7 @@ from rl_rows import judged_row as row
 from rl_rows import write_judged
 
 from datagen.shards import StageDir, StageMismatchError
+from datagen.turns import parse_chain
 from rl.build import run_build
 from rl.builders import BuildResult, get_builder, selfee_chain
 from rl.config import BuildConfig
@@ -105,25 +106,98 @@ def test_sima_pick_is_chosen():
 
 
 def test_selfee_chain_format():
-    chain = selfee_chain("42", ["The sum is off. Revision is needed.", "Looks right now."], ["41"])
+    chain = selfee_chain("42", ["The sum is off. Revision is needed.", "Looks right now. Score: 9/10."], ["41"])
     assert chain == (
         "42\n\n### Feedback 1:\nThe sum is off. Revision is needed.\n\n### Revision 1:\n41"
-        "\n\n### Feedback 2:\nLooks right now. Revision is not needed."
+        "\n\n### Feedback 2:\nLooks right now. Score: 9/10. Revision is not needed."
     )
     rows = [
         row("p", 0, attempt1="42", feedbacks=["Wrong. Revision is needed.", "Fine."], revisions=["41"]),
         row("p", 1, attempt1="41", feedbacks=[], revisions=[]),
         row("p", 2, attempt1="", feedbacks=["x"], revisions=[]),
         row("p", 3, attempt1="41", feedbacks=["Good. Revision is not needed."], revisions=[]),
+        row("p", 4, attempt1="41", feedbacks=["Bad. Revision is needed."], revisions=[""]),
     ]
     out = get_builder("selfee")(rows, BuildConfig(builder="selfee"))
     assert out.kind == "sft" and len(out.examples) == 2
     msgs = out.examples[0]["messages"]
     assert msgs[0] == {"role": "user", "content": "question p"} and msgs[-1]["role"] == "assistant"
     assert "### Revision 1:\n41" in msgs[-1]["content"]
-    assert out.dropped == {"no_feedback": 1, "empty_answer": 1}
+    assert out.dropped == {"no_feedback": 1, "empty_answer": 1, "empty_turn": 1}
     only = get_builder("selfee")(rows, BuildConfig(builder="selfee", selfee_only_revised=True))
     assert len(only.examples) == 1 and only.dropped["not_revised"] == 1
+
+
+@pytest.mark.parametrize(
+    ("feedbacks", "revisions", "written"),
+    [
+        # an enforced "no revision" before a revision reads as a request for it, never both verdicts
+        (["No revision is needed."], ["r"], ["Revision is needed."]),
+        (["Score: 10/10. No revision needed."], ["r"], ["Score: 10/10. Revision is needed."]),
+        # a feedback with no verdict gets the one the chain acted on
+        (["Too short."], ["r"], ["Too short. Revision is needed."]),
+        (
+            ["Too short.", "Score: 9/10."],
+            ["r"],
+            ["Too short. Revision is needed.", "Score: 9/10. Revision is not needed."],
+        ),
+        (["Score: 5/10."], [], ["Score: 5/10. Revision is needed."]),  # a chain capped before its revision
+        # verdicts already in place are kept as written
+        (["Bad. Revision is needed.", "Good. Revision is not needed."], ["r"], None),
+    ],
+)
+def test_selfee_chain_verdicts_read_as_the_paper_writes_them(feedbacks, revisions, written):
+    chain = selfee_chain("a", feedbacks, revisions)
+    assert parse_chain(chain)[1] == (written or feedbacks)
+    assert "not needed. Revision is needed" not in chain and "No Revision" not in chain
+
+
+def _scored(judge, scores):
+    """SelFee rows scored (answer, revision) by ``judge``; a None revision score means no revision."""
+    return [
+        row("p", i, attempt1="a", attempt2=None if s2 is None else "r", feedbacks=["f"],
+            revisions=[] if s2 is None else ["r"], **{f"{judge}_score1": s1, f"{judge}_score2": s2})
+        for i, (s1, s2) in enumerate(scores)
+    ]  # fmt: skip
+
+
+def test_selfee_filters_on_the_judges_own_scale():
+    # openai pointwise 1-10: default pass mark 8, on the final answer (the revision when there is one)
+    rows = _scored("openai", [(2.0, 9.0), (8.0, None), (9.0, 7.0), (7.0, None)])
+    for r in rows:
+        r["openai_error"] = ""
+    out = get_builder("selfee")(rows, BuildConfig(builder="selfee", judge="openai"))
+    assert [e["pair_id"] for e in out.examples] == ["p:0", "p:1"]
+    assert out.dropped == {"final_below_min_score": 2}
+    strict = get_builder("selfee")(rows, BuildConfig(builder="selfee", judge="openai", min_score=9))
+    assert [e["pair_id"] for e in strict.examples] == ["p:0"]
+    # the verifier's 0/1: pass mark 1 keeps the correct final answers
+    vrows = _scored("verifier", [(0.0, 1.0), (1.0, 0.0), (1.0, None)])
+    vout = get_builder("selfee")(vrows, BuildConfig(builder="selfee", judge="verifier"))
+    assert [e["pair_id"] for e in vout.examples] == ["p:0", "p:2"]
+    # no judge: no filter; a judge error drops the row with its reason
+    vrows[2]["verifier_error"] = "timeout"
+    assert get_builder("selfee")(vrows, BuildConfig(builder="selfee", judge="verifier")).dropped == {
+        "final_below_min_score": 1,
+        "judge_error": 1,
+    }
+    assert len(get_builder("selfee")(vrows, BuildConfig(builder="selfee")).examples) == 3
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"judge": "verifier", "min_score": 8}, "outside the verifier judge's scale"),
+        ({"judge": "openai", "min_score": 0.5}, "outside the openai judge's scale"),
+        ({"judge": "openai", "min_score": 1}, "keep every chain or none"),
+        ({"judge": "reward_model"}, "no known score scale"),
+        ({"min_score": 5}, "needs build.judge"),
+    ],
+)
+def test_selfee_thresholds_that_would_filter_all_or_nothing_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        BuildConfig(builder="selfee", **settings)
+    BuildConfig(builder="selfee", judge="reward_model", min_score=0.2)  # any scale, when stated
 
 
 def test_best_vs_worst_ties_errors_and_margin():

@@ -148,6 +148,35 @@ def test_sft_standalone_on_selfee_chains(tmp_path, tiny_model_dir):
     assert len(losses) == 3 and losses[-1] < losses[0]
 
 
+def test_sft_loss_covers_the_assistant_reply_only(tmp_path, tiny_model_dir):
+    """Prompt tokens (system, question, the assistant header) get label -100; the chain is learned."""
+    rows = [
+        judged_row(f"p{i}", 0, attempt1="41" * (i + 1), feedbacks=["Wrong. Revision is needed."], revisions=["42"])
+        for i in range(3)
+    ]
+    build = _build(tmp_path, rows, BuildConfig(builder="selfee"))
+    train = TrainConfig(algorithm="sft", batch_size=3, max_steps=1)
+    trainer, pair_ids = build_trainer(_loop_cfg(tiny_model_dir, build, train), str(tmp_path / "hf"), use_cpu=True)
+    tok = trainer.processing_class
+    batch = next(iter(trainer.get_train_dataloader()))
+    seen = set()
+    columns = ("input_ids", "labels", "attention_mask", "row_ids")
+    for ids, labels, mask, row_id in zip(*(batch[c].tolist() for c in columns), strict=True):
+        pid = pair_ids[row_id].split(":")[0]
+        seen.add(pid)
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": f"question {pid}"}], tokenize=False, add_generation_prompt=True
+        )
+        n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        n_real = sum(mask)
+        assert tok.decode(ids[:n_prompt]) == prompt
+        assert labels[:n_prompt] == [-100] * n_prompt
+        assert labels[n_prompt:n_real] == ids[n_prompt:n_real]  # every token of the reply is learned
+        assert labels[n_real:] == [-100] * (len(ids) - n_real)  # padding
+        assert tok.decode(ids[n_prompt:n_real]).startswith("41") and "### Revision 1:\n42" in tok.decode(ids)
+    assert seen == {"p0", "p1", "p2"}
+
+
 @pytest.fixture(scope="module")
 def ray_run(tmp_path_factory, tiny_model_dir, ray_local):
     """One DPO+SFT LoRA run through Ray Train (1 worker), shared by the checks below."""
