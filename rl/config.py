@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -133,6 +133,18 @@ class EvalConfig(Strict):
     threshold: float = Field(0.5, description="a score at or above this counts as right (verifier: 1 or 0)")
     pass_k: list[int] = Field([1, 5, 10], description="code prompts: the k of pass@k (each k <= n is reported)")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples for the interval of delta")
+    pairwise: bool = Field(
+        True, description="pairwise judges (openai pairwise, self_critic) compare each model's attempt 2 with base's"
+    )
+    selfee_revisions: int | None = Field(
+        None,
+        ge=1,
+        description="SelFee: also answer in revision-enforce mode with K revisions and report the accuracy "
+        "after 0..K of them (one more generation per model)",
+    )
+    selfee_generate: dict[str, Any] = Field(
+        default_factory=dict, description="further generate settings of that run (e.g. selfee_format: chain)"
+    )
 
     @field_validator("models")
     @classmethod

@@ -22,22 +22,28 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from datagen.config import EngineConfig, GenerateConfig, JudgePoolConfig, PromptsConfig
 from datagen.generate import GeneratePlan, plan_generate, run_generate
 from datagen.judging import plan_judge, run_judge
 from datagen.models import ModelNotFoundError, resolve_model
 from datagen.prompts import load_prompts
-from datagen.records import judge_column
-from datagen.shards import StageDir, StageInputError, atomic_write_json
+from datagen.records import SAMPLE_SCHEMA, judge_column
+from datagen.shards import StageDir, StageInputError, atomic_write_json, shard_name
 from judges.config import JudgeSettings
 from rl import metrics
 from rl.config import BUILTIN_LABELS, EvalConfig
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+INHERITED_GENERATE = {"engine", "system_prompt", "top_p", "top_k", "shard_size"}
 
 
 class EvalInputError(StageInputError):
@@ -49,6 +55,7 @@ class ModelRun:
     label: str
     model: str  # as the config names it: an alias, an HF name or a folder
     generate: GeneratePlan
+    selfee: GeneratePlan | None = None  # revision-enforce answers, when eval.selfee_revisions is set
 
 
 @dataclass
@@ -64,6 +71,7 @@ class EvalPlan:
     pool: JudgePoolConfig
     header: dict[str, Any]
     fingerprint: dict[str, Any]
+    pairwise: dict[str, JudgeSettings]
 
 
 def resolve_labels(models: dict[str, str | None] | None, base: str, run_dir: Path) -> list[tuple[str, str]]:
@@ -134,6 +142,42 @@ def _weights_signature(path: str) -> list[list[Any]]:
     return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
+def is_pairwise(settings: JudgeSettings) -> bool:
+    """Judges that pick the better of two responses rather than score each one."""
+    return settings.type == "self_critic" or getattr(settings, "mode", None) == "pairwise"
+
+
+def answer_after_revisions() -> Callable[[dict[str, Any], int], str | None] | None:
+    """SelFee's answer after k revisions of a row, from the generate stage's turn code (None if absent)."""
+    try:
+        from datagen.turns import answer_after_revisions as helper
+    except ImportError:
+        return None
+    return helper
+
+
+def _selfee_generate(cfg: EvalConfig, inherited: dict[str, Any], max_tokens: int) -> GenerateConfig:
+    if answer_after_revisions() is None:
+        raise EvalInputError("eval.selfee_revisions: this version has no datagen.turns.answer_after_revisions")
+    k = cfg.selfee_revisions
+    try:
+        return GenerateConfig.model_validate(
+            {
+                **inherited,
+                "mode": "selfee",
+                "n": cfg.n,
+                "temperature": cfg.temperature,
+                "max_tokens": max_tokens,
+                "max_revisions": k,
+                "enforce_revisions": k,  # SelFee's revision-enforce inference: at least K revisions
+                **cfg.selfee_generate,
+            }
+        )
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise EvalInputError(f"eval.selfee_generate: {problems}") from None
+
+
 def plan_eval(
     cfg: EvalConfig,
     *,
@@ -158,17 +202,21 @@ def plan_eval(
     if getattr(use_judges[judge], "mode", None) == "pairwise":
         raise EvalInputError(f"eval.judge: {judge!r} is pairwise; right/wrong needs a judge that scores each attempt")
     check_overlap(cfg.prompts, train_prompts)
+    # The eval decodes its own way; of the config's generate settings it keeps only where and how the
+    # engine runs and the prompt framing (a SelFee teacher, revisions or sampling would change what
+    # is measured).
+    inherited = generate.model_dump(include=INHERITED_GENERATE)
     gen = GenerateConfig.model_validate(
         {
-            **generate.model_dump(),
+            **inherited,
             "mode": "two_attempt",
             "n": cfg.n,
             "temperature": cfg.temperature,
-            "second_temperature": None,
             "max_tokens": cfg.max_tokens or generate.max_tokens,
             "review_prompt": cfg.review_prompt or generate.review_prompt,
         }
     )
+    selfee = _selfee_generate(cfg, inherited, gen.max_tokens) if cfg.selfee_revisions else None
     runs = []
     for label, name in labels:
         try:
@@ -176,9 +224,14 @@ def plan_eval(
         except ModelNotFoundError as e:
             raise ModelNotFoundError(f"eval.models.{label}: {e}") from None
         check_weights(label, path)
-        plan = plan_generate(cfg.prompts, gen, name, model_cache, seed)
-        plan.fingerprint["weights"] = _weights_signature(path)
-        runs.append(ModelRun(label, name, plan))
+        run = ModelRun(label, name, plan_generate(cfg.prompts, gen, name, model_cache, seed))
+        if selfee is not None:
+            run.selfee = plan_generate(cfg.prompts, selfee, name, model_cache, seed)
+        for plan in (run.generate, run.selfee):
+            if plan is not None:
+                plan.fingerprint["weights"] = _weights_signature(path)
+        runs.append(run)
+    pairwise = {n: s for n, s in use_judges.items() if is_pairwise(s)} if cfg.pairwise else {}
     problems = len(runs[0].generate.prompts)
     header = {
         "prompts": _prompts_desc(cfg.prompts, problems),
@@ -192,8 +245,9 @@ def plan_eval(
     }
     fingerprint = {
         "models": {r.label: r.generate.fingerprint for r in runs},
+        "selfee": {r.label: r.selfee.fingerprint for r in runs if r.selfee is not None},
         "judges": {n: s.model_dump() for n, s in use_judges.items()},
-        "metrics": cfg.model_dump(include={"judge", "threshold", "pass_k", "bootstrap"}),
+        "metrics": cfg.model_dump(include={"judge", "threshold", "pass_k", "bootstrap", "pairwise"}),
     }
     return EvalPlan(
         runs,
@@ -207,7 +261,82 @@ def plan_eval(
         pool,
         header,
         json.loads(json.dumps(fingerprint)),
+        pairwise,
     )
+
+
+def versus_rows(rows: list[dict[str, Any]], against: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows whose pair is (the other model's attempt 2, this model's attempt 2), for pairwise judges:
+    a preference for response 2 is a win for this model. Rows pair up by (prompt_id, sample_idx)."""
+    theirs = {(r["prompt_id"], r["sample_idx"]): r for r in against}
+    out = []
+    for r in rows:
+        other = theirs[(r["prompt_id"], r["sample_idx"])]
+        out.append(
+            {
+                **r,
+                "attempt1": other["attempt2"],
+                "attempt1_tokens": other["attempt2_tokens"],
+                "attempt1_finish": other["attempt2_finish"],
+            }
+        )
+    return out
+
+
+def selfee_rows(rows: list[dict[str, Any]], k_max: int, n: int, answer_after) -> list[dict[str, Any]]:
+    """One row per (sample, k) for k = 0..k_max with the answer after k revisions as attempt 1, under
+    sample index k * n + sample_idx, so one judge pass scores every k."""
+    out = []
+    for k in range(k_max + 1):
+        for r in rows:
+            done = len(r.get("revisions") or [])
+            finish = r["attempt1_finish"] if k == 0 or done == 0 else r["attempt2_finish"] if k >= done else None
+            out.append(
+                {
+                    **r,
+                    "sample_idx": k * n + r["sample_idx"],
+                    "attempt1": answer_after(r, k),
+                    "attempt1_tokens": None,
+                    "attempt1_finish": finish,
+                    "attempt2": None,
+                    "attempt2_tokens": None,
+                    "attempt2_finish": None,
+                }
+            )
+    return out
+
+
+def derive_stage(
+    source: StageDir,
+    dest: StageDir,
+    tag: dict[str, Any],
+    rows_fn: Callable[[int, list[dict[str, Any]]], list[dict[str, Any]]],
+) -> None:
+    """A finished generate-like stage whose shard i is ``rows_fn(i, rows of source shard i)``.
+
+    The judge stage then scores rows the generate stage never wrote (another model's answer beside
+    this one's, the answer after k revisions) and resumes shard by shard as it does anywhere.
+    """
+    if dest.done():
+        return
+    dest.start({"derived_from": json.loads((source.path / "_stage.json").read_text()), **tag})
+    done = dest.completed_shards()
+    count = 0
+    for i in sorted(source.completed_shards()):
+        rows = rows_fn(i, pq.read_table(source.path / shard_name(i)).to_pylist())
+        count += len(rows)
+        if i not in done:
+            dest.write_shard(i, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
+    dest.mark_done({"samples": count, "wall_seconds_this_run": 0.0})
+
+
+def _judged(plan: EvalPlan, root: Path, judges: dict[str, JudgeSettings]) -> StageDir:
+    """The judge stage on ``root/generate``, into ``root/judge`` (skipped once done)."""
+    out = StageDir(root / "judge")
+    if not out.done():
+        jplan = plan_judge(judges, root, plan.policy, plan.model_cache, plan.engine, plan.seed, plan.pool)
+        run_judge(jplan, out)
+    return out
 
 
 def _eval_model(plan: EvalPlan, run: ModelRun, root: Path) -> dict[str, Any]:
@@ -217,8 +346,7 @@ def _eval_model(plan: EvalPlan, run: ModelRun, root: Path) -> dict[str, Any]:
     if not judge_dir.done():
         if not gen_dir.done():
             run_generate(run.generate, gen_dir)
-        jplan = plan_judge(plan.judges, base, plan.policy, plan.model_cache, plan.engine, plan.seed, plan.pool)
-        run_judge(jplan, judge_dir)
+        _judged(plan, base, plan.judges)
     gen, judged = gen_dir.summary(), judge_dir.summary()
     return {
         "generate_seconds": gen["wall_seconds_this_run"],
@@ -226,6 +354,43 @@ def _eval_model(plan: EvalPlan, run: ModelRun, root: Path) -> dict[str, Any]:
         "judge_seconds": judged["wall_seconds_this_run"],
         "generated_tokens": gen["generated_tokens"],
     }
+
+
+def _selfee_k(plan: EvalPlan, run: ModelRun, root: Path) -> dict[str, Any]:
+    """Accuracy after 0..K enforced revisions: a SelFee generation, its answers per k, the eval judge."""
+    assert run.selfee is not None and plan.cfg.selfee_revisions is not None
+    gen_dir = StageDir(root / run.label / "selfee" / "generate")
+    if not gen_dir.done():
+        run_generate(run.selfee, gen_dir)
+    k_max, n, helper = plan.cfg.selfee_revisions, plan.cfg.n, answer_after_revisions()
+    derived = root / run.label / "selfee_k"
+    derive_stage(
+        gen_dir, StageDir(derived / "generate"), {"k": k_max}, lambda i, rows: selfee_rows(rows, k_max, n, helper)
+    )
+    judged = _judged(plan, derived, {plan.judge: plan.judges[plan.judge]})
+    j = plan.judge
+    rows = judged.read(columns=["prompt_id", "sample_idx", judge_column(j, "score1"), judge_column(j, "error")])
+    return metrics.selfee_accuracy(rows.to_pylist(), j, n, plan.cfg.threshold)
+
+
+def _pairwise(plan: EvalPlan, label: str, root: Path) -> list[dict[str, Any]]:
+    """Each pairwise judge's verdicts on (base's attempt 2, this model's attempt 2)."""
+    ours, theirs = StageDir(root / label / "generate"), StageDir(root / "base" / "generate")
+    derived = root / label / "vs_base"
+    tag = {"against": json.loads((theirs.path / "_stage.json").read_text())}
+    derive_stage(
+        ours,
+        StageDir(derived / "generate"),
+        tag,
+        lambda i, rows: versus_rows(rows, pq.read_table(theirs.path / shard_name(i)).to_pylist()),
+    )
+    judged = _judged(plan, derived, plan.pairwise)
+    out = []
+    for name in plan.pairwise:
+        rows = judged.read(columns=[judge_column(name, "pref"), judge_column(name, "error")]).to_pylist()
+        result = metrics.win_tie_loss([metrics.pref_vote(r, name) for r in rows])
+        out.append({"model": label, "against": "base", "judge": name, **result})
+    return out
 
 
 def run_eval(plan: EvalPlan, out: StageDir, overwrite: bool = False) -> dict[str, Any]:
@@ -252,12 +417,19 @@ def run_eval(plan: EvalPlan, out: StageDir, overwrite: bool = False) -> dict[str
             resamples=plan.cfg.bootstrap,
         )
         found[run.label] = metrics.outcomes(rows, j, plan.cfg.threshold)
+        if run.selfee is not None:
+            models[run.label]["selfee_k"] = metrics.json_safe(_selfee_k(plan, run, out.path))
+    pairwise = []
+    if plan.pairwise and "base" in models:
+        for label in models:
+            if label != "base":
+                pairwise += _pairwise(plan, label, out.path)
     document = {
         "version": 1,
         "eval": plan.header,
         "models": models,
         "comparisons": metrics.comparisons(found),
-        "pairwise": [],
+        "pairwise": pairwise,
     }
     atomic_write_json(out.path / "metrics.json", metrics.json_safe(document), sort_keys=False)
     summary = {

@@ -302,3 +302,23 @@ def comparisons(by_label: dict[str, list[Outcome]], against: str = "base") -> li
                 }
             )
     return out
+
+
+def pref_vote(row: dict, judge: str) -> int | None:
+    """A pairwise judge's verdict on (the other model's answer, this model's answer) as this model's
+    vote: response 2 preferred is a win (1), response 1 a loss (-1), 0 a tie; a flagged row none."""
+    pref, err = row.get(f"{judge}_pref"), row.get(f"{judge}_error")
+    if err or pref is None:
+        return None
+    return {2: 1, 1: -1, 0: 0}[int(pref)]
+
+
+def selfee_accuracy(rows: Iterable[dict], judge: str, n: int, threshold: float = 0.5) -> dict[str, dict]:
+    """Accuracy after k enforced revisions for each k (see ``accuracy``), from rows whose sample index
+    is k * n + sample and whose attempt 1 is the answer after k revisions."""
+    by_k: dict[int, list[tuple[str, bool | None]]] = {}
+    for r in rows:
+        score, err = r.get(f"{judge}_score1"), r.get(f"{judge}_error")
+        ok = None if err or score is None else score >= threshold
+        by_k.setdefault(int(r["sample_idx"]) // n, []).append((r["prompt_id"], ok))
+    return {str(k): accuracy(by_k[k]) for k in sorted(by_k)}
