@@ -61,7 +61,7 @@ class ModelRun:
 @dataclass
 class EvalPlan:
     models: list[ModelRun]
-    judges: dict[str, JudgeSettings]
+    judges: dict[str, JudgeSettings]  # those that score each attempt; pairwise ones run on model pairs only
     judge: str
     cfg: EvalConfig
     policy: str  # the config's model: judges that use the policy (self_critic) stay the same for every model
@@ -251,7 +251,7 @@ def plan_eval(
     }
     return EvalPlan(
         runs,
-        dict(use_judges),
+        {n: s for n, s in use_judges.items() if not is_pairwise(s)},
         judge,
         cfg,
         model,
