@@ -36,6 +36,7 @@ bench: install
 	$(PY) benchmarks/bench_judges.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_quickstart.py
+	$(PY) benchmarks/bench_eval.py
 
 clean:
 	rm -rf $(VENV) runs

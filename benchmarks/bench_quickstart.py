@@ -2,7 +2,7 @@
 
     python benchmarks/bench_quickstart.py [--out runs/bench-quickstart]
 
-Runs `selfcorrect STAGE configs/quickstart.yaml` for generate, judge, build and train, each as
+Runs `selfcorrect STAGE configs/quickstart.yaml` for generate, judge, build, train and eval, each as
 its own process (the way `selfcorrect run` chains them), and records wall time and the peak
 summed PSS of the process tree, plus each stage's own summary.
 """
@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.measure import run_measured  # noqa: E402
 
-STAGES = ("generate", "judge", "build", "train")
+STAGES = ("generate", "judge", "build", "train", "eval")
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from datagen.config import GenerateConfig, JudgePoolConfig, PromptsConfig, Strict
 from judges.config import JudgesConfig, default_judges
-from rl.config import BuildConfig, TrainConfig
+from rl.config import BuildConfig, EvalConfig, TrainConfig
 
 
 class ConfigError(ValueError):
@@ -43,6 +43,7 @@ class Config(Strict):
     judge_pool: JudgePoolConfig = JudgePoolConfig()
     build: BuildConfig = BuildConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
 
     @field_validator("run_dir", "model_cache")
     @classmethod

@@ -170,3 +170,36 @@ register(
         _train_run,
     )
 )
+
+
+def _eval_prepare(cfg: Config) -> Any:
+    from rl.evaluate import plan_eval
+
+    return plan_eval(
+        cfg.eval,
+        run_dir=cfg.run_dir,
+        model=cfg.model,
+        model_cache=cfg.model_cache,
+        seed=cfg.seed,
+        generate=cfg.generate,
+        train_prompts=cfg.prompts,
+        judges=cfg.judges,
+        pool=cfg.judge_pool,
+    )
+
+
+def _eval_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
+    from rl.evaluate import run_eval
+
+    return run_eval(plan, StageDir(cfg.stage_dir("eval")), overwrite=overwrite)
+
+
+register(
+    Stage(
+        "eval",
+        "each model (base, trained, your own) answers, reviews and answers again on held-out prompts; "
+        "Acc@t1, Acc@t2, delta and tests in RUN_DIR/eval/metrics.json",
+        _eval_prepare,
+        _eval_run,
+    )
+)

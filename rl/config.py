@@ -1,12 +1,14 @@
-"""Typed settings of the build and train stages: every default lives here."""
+"""Typed settings of the build, train and eval stages: every default lives here."""
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from datagen.config import Strict
+from datagen.config import PromptsConfig, Strict
+from judges.config import JudgesConfig
 
 # SelFee's judge filter: the pass mark of each known judge's final-answer score, in its own units, and
 # its scale. The verifier says 0 or 1 (keep the correct); the API judge scores 1-10 (keep 8 and up:
@@ -158,3 +160,61 @@ class TrainConfig(Strict):
     def global_batch(self) -> int:
         """Pairs per optimizer step over all workers."""
         return self.batch_size * self.grad_accum * self.num_workers
+
+
+LABEL_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+BUILTIN_LABELS = ("base", "trained")
+
+
+class EvalPromptsConfig(PromptsConfig):
+    """The eval set: the built-in arithmetic ``test`` split by default, which shares no problem with ``train``."""
+
+    split: Literal["train", "test"] = "test"
+    size: int = Field(200, ge=1, description="arithmetic: number of problems per split")
+
+
+class EvalConfig(Strict):
+    """Before/after self-correction metrics: each model answers, is asked to review, answers again."""
+
+    models: dict[str, str | None] | None = Field(
+        None,
+        description="label -> HF name or folder, evaluated in this order; null for the built-in labels "
+        "'base' (the config's model) and 'trained' (RUN_DIR/train/model). Unset: base, and trained once the "
+        "train stage has finished",
+    )
+    prompts: EvalPromptsConfig = EvalPromptsConfig()
+    n: int = Field(1, ge=1, description="samples per problem")
+    temperature: float = Field(0.0, ge=0, description="both attempts; 0 is greedy, as SCoRe evaluates")
+    max_tokens: int | None = Field(None, ge=1, description="new tokens per attempt (default: generate.max_tokens)")
+    review_prompt: str | None = Field(None, description="'scl', 'score' or your text (default: generate.review_prompt)")
+    judges: JudgesConfig | None = Field(None, description="judges run on the eval rows (default: the config's judges)")
+    judge: str | None = Field(
+        None, description="whose scores decide right/wrong (default: verifier if it runs, else the first judge)"
+    )
+    threshold: float = Field(0.5, description="a score at or above this counts as right (verifier: 1 or 0)")
+    pass_k: list[int] = Field([1, 5, 10], description="code prompts: the k of pass@k (each k <= n is reported)")
+    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples for the interval of delta")
+    pairwise: bool = Field(
+        True, description="pairwise judges (openai pairwise, self_critic) compare each model's attempt 2 with base's"
+    )
+    selfee_revisions: int | None = Field(
+        None,
+        ge=1,
+        description="SelFee: also answer in revision-enforce mode with K revisions and report the accuracy "
+        "after 0..K of them (one more generation per model)",
+    )
+    selfee_generate: dict[str, Any] = Field(
+        default_factory=dict, description="further generate settings of that run (e.g. selfee_format: chain)"
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _labels(cls, models: dict[str, str | None] | None) -> dict[str, str | None] | None:
+        if models is None:
+            return None
+        if not models:
+            raise ValueError("name at least one model (or leave eval.models unset for base and trained)")
+        for label in models:
+            if not re.match(LABEL_RE, label):
+                raise ValueError(f"label {label!r}: letters, digits, '_', '.', '-' only (it names a folder)")
+        return models

@@ -27,6 +27,7 @@ def test_run_every_stage_then_skip_them(tmp_path, tiny_model_dir):
         "judges.verifier=false", "judges.embedding={}",
         "build.builder=best_vs_worst", "build.judge=embedding",
         "train.max_steps=2", "train.batch_size=2", "train.max_length=128", "train.checkpoint_every=1",
+        "eval.prompts.size=2",
     ]
     # The record a killed `ray start --head` leaves behind: a run with no address must still start
     # its own Ray, not try to join the dead head. (A short dir: Ray's socket paths go under it.)
@@ -40,7 +41,7 @@ def test_run_every_stage_then_skip_them(tmp_path, tiny_model_dir):
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert first.returncode == 0, first.stderr[-4000:]
-    for stage in ("generate", "judge", "build", "train"):
+    for stage in ("generate", "judge", "build", "train", "eval"):
         assert (run_dir / stage / "_SUCCESS.json").exists(), stage
     judged = pads.dataset(str(run_dir / "judge"), format="parquet").to_table()
     assert judged.num_rows == 12 and judged["embedding_error"].to_pylist() == [""] * 12
@@ -48,7 +49,9 @@ def test_run_every_stage_then_skip_them(tmp_path, tiny_model_dir):
     assert built["pairs_out"] == 4  # one best-vs-worst pair per prompt
     trained = json.loads((run_dir / "train" / "_SUCCESS.json").read_text())
     assert trained["steps"] == 2 and (run_dir / "train" / "model" / "config.json").exists()
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert list(metrics["models"]) == ["base", "trained"] and metrics["eval"]["problems"] == 2
 
     again = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-4000:]
-    assert again.stderr.count("done already") == 4
+    assert again.stderr.count("done already") == 5
