@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None, *, release_output: bool = True) -> int:
     except _input_errors() as e:
         console.say(f"error: {e}")
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        console.say("interrupted: the same command resumes where this one stopped")
+        return 130
     except Exception as e:
         if console.driver_log is None:
             raise
