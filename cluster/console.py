@@ -155,6 +155,12 @@ def _train(s: dict[str, Any]) -> str:
     return f"train: {s['algorithm']}, {s['steps']} steps on {s['pairs']} pairs, {_s(s.get('seconds'))} -> {s['model']}"
 
 
+def _eval(s: dict[str, Any]) -> str:
+    models = s["models"]
+    problems = sorted({m["problems"] for m in models.values()})
+    return f"eval: {', '.join(models)} on {'/'.join(map(str, problems))} problems each, {_s(s['seconds'])}"
+
+
 def _report(s: dict[str, Any]) -> str:
     from rl.report import before_after
 
@@ -170,6 +176,7 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "judge": _judge,
     "build": _build,
     "train": _train,
+    "eval": _eval,
     "report": _report,
 }
 
@@ -180,7 +187,7 @@ def summarize(stage: str, summary: dict[str, Any]) -> str:
     if describe is not None:
         try:
             return describe(summary)
-        except (KeyError, TypeError, ValueError):
+        except (AttributeError, KeyError, TypeError, ValueError):
             pass  # a summary of another shape: the generic line below
     scalars = [
         f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"

@@ -302,8 +302,8 @@ def report_blocks(facts: RunFacts, images: dict[str, str]) -> list[Block]:
     blocks += [Heading(3, "Transitions (samples)"), transitions_table(metrics)]
     optional = [
         ("Compared with another model (McNemar, exact)", comparisons_table(metrics),
-         "b and c count the discordant problems (right under one model, wrong under the other); the exact "
-         "two-sided binomial test on them gives the p-value."),
+         "Paired by problem and sample: b = right under `model` and wrong under `against`, c = the reverse; "
+         "the exact two-sided binomial test on b and c gives the p-value (McNemar 1947)."),
         ("pass@k (code)", pass_at_k_table(metrics), "Unbiased estimator of Chen et al. 2021."),
         ("Pairwise judge", pairwise_table(metrics), "score = win + tie / 2."),
         ("SelFee: accuracy after K enforced revisions", selfee_table(metrics), None),

@@ -75,8 +75,12 @@ def test_summary_lines():
                                "dropped": {"both_wrong": 40, "both_correct": 15, "x": 0}}) == (
         "build: scl, 64 rows -> 9 pairs (6 prompts); dropped both_wrong 40, both_correct 15"
     )
+    assert summarize("eval", {"seconds": 80.4, "models": {"base": {"problems": 40}, "trained": {"problems": 40}}}) == (
+        "eval: base, trained on 40 problems each, 80 s"
+    )
     # a stage without a summary of its own, or a summary of another shape: its scalar fields
     assert summarize("eval", {"models": 2, "seconds": 12.3456, "x": [1]}) == "eval: models 2, seconds 12.3"
+    assert summarize("export", {"pairs": 3, "path": "/x"}) == "export: pairs 3, path /x"
     assert summarize("train", {"steps": 3}) == "train: steps 3"
 
 
