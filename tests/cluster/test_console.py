@@ -102,7 +102,7 @@ def test_generate_prints_a_bar_and_a_line_and_with_v_everything(tmp_path, tiny_m
     assert out == ""
     logs = run_dir / "logs"
     assert "Started a local Ray instance" in (logs / "driver.log").read_text()
-    workers = "".join(p.read_text(errors="replace") for p in (logs / "ray").glob("session_*/logs/worker-*"))
+    workers = "".join(p.read_text(errors="replace") for p in (logs / "ray").glob("session_*/worker-*"))
     assert "vLLM" in workers or "vllm" in workers  # the engine's own output, kept with the run
     assert (run_dir / "config.yaml").exists()
 

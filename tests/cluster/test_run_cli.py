@@ -66,7 +66,7 @@ def test_run_every_stage_then_skip_them(tmp_path, tiny_model_dir):
     for noise in ("Traceback", "WARNING", "Warning", "pid="):
         assert noise not in err, err
     assert f"report: {run_dir / 'report' / 'report.html'}" in err
-    assert (run_dir / "logs" / "driver.log").exists() and any((run_dir / "logs" / "ray").glob("session_*/logs"))
+    assert (run_dir / "logs" / "driver.log").exists() and any((run_dir / "logs" / "ray").glob("session_*/worker-*"))
     judged = pads.dataset(str(run_dir / "judge"), format="parquet").to_table()
     assert judged.num_rows == 12 and judged["embedding_error"].to_pylist() == [""] * 12
     built = json.loads((run_dir / "build" / "_SUCCESS.json").read_text())
