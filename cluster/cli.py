@@ -13,6 +13,7 @@ import yaml
 from cluster.config import Config, ConfigError, load_config
 from cluster.console import LOG_DIR, Console, summarize
 from cluster.stages import STAGES, Stage
+from datagen import progress
 from datagen.shards import atomic_write_bytes
 
 DESCRIPTION = """\
@@ -106,7 +107,11 @@ def _run_stages(cfg: Config, stages: list[Stage], overwrite: bool, console: Cons
             started = init_ray(cfg.ray, log_to_driver=console.verbose)
             if started:
                 console.say(started)
-        summary = stage.run(cfg, plan, overwrite)
+        progress.set_stage(stage.name)
+        try:
+            summary = stage.run(cfg, plan, overwrite)
+        finally:
+            progress.set_stage(None)
         console.say(summarize(stage.name, summary))
 
 

@@ -11,12 +11,19 @@ import sys
 from typing import Any, TextIO
 
 _stream: TextIO | None = None
+_stage: str | None = None
 
 
 def set_stream(stream: TextIO | None) -> None:
     """Draw bars on ``stream`` from now on (None: back to ``sys.stderr``)."""
     global _stream
     _stream = stream
+
+
+def set_stage(name: str | None) -> None:
+    """Name the stage running now: a bar another stage's code draws inside it says both (``eval generate``)."""
+    global _stage
+    _stage = name
 
 
 def stream() -> TextIO:
@@ -27,4 +34,7 @@ def bar(**kwargs: Any):
     """A ``tqdm`` bar on the progress stream; takes tqdm's keyword arguments."""
     from tqdm import tqdm
 
-    return tqdm(file=stream(), dynamic_ncols=True, **kwargs)
+    desc = kwargs.pop("desc", None)
+    if _stage and desc != _stage:
+        desc = f"{_stage} {desc}" if desc else _stage
+    return tqdm(file=stream(), dynamic_ncols=True, desc=desc, **kwargs)

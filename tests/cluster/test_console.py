@@ -47,6 +47,10 @@ def test_everything_but_the_console_goes_to_the_log(tmp_path):
         console.settle(Path({str(tmp_path)!r}) / "logs")
         with progress.bar(total=2, desc="stage", unit="shard") as bar:
             bar.update(2)
+        progress.set_stage("eval")  # a stage that runs another stage's code: both names on its bar
+        with progress.bar(total=1, desc="generate") as bar:
+            bar.update(1)
+        progress.set_stage(None)
         console.say("stage: done")
         raise_later = "after settle"
         print(raise_later, file=sys.stderr)
@@ -58,7 +62,8 @@ def test_everything_but_the_console_goes_to_the_log(tmp_path):
     assert code == 0, err
     lines = err.split("\n")
     assert lines[0].startswith("\rstage:") and "2/2" in lines[0]
-    assert lines[1:] == ["stage: done", "back on the terminal", ""]
+    assert lines[1].startswith("\reval generate:") and "1/1" in lines[1]
+    assert lines[2:] == ["stage: done", "back on the terminal", ""]
     assert out == ""
     log = (tmp_path / "logs" / "driver.log").read_text()
     for text in ("library stdout", "library stderr", "a library WARNING", "a logging WARNING", "C-level write",
