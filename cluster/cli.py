@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import traceback
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from cluster.config import Config, ConfigError, load_config
+from cluster.console import LOG_DIR, Console, summarize
 from cluster.stages import STAGES, Stage
+from datagen import progress
+from datagen.shards import atomic_write_bytes
 
 DESCRIPTION = """\
 Teach a language model to correct itself: generate samples and second attempts with vLLM,
@@ -52,6 +56,15 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted-key overrides, YAML values")
 
 
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show Ray's, vLLM's and the workers' own output on the terminal (otherwise in RUN_DIR/logs/)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfcorrect",
@@ -63,50 +76,106 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run every stage in order, skipping finished ones")
     _add_config_args(p)
     p.add_argument("--overwrite", action="store_true", help="redo every stage, discarding its output")
+    _add_verbose(p)
     for stage in STAGES.values():
         p = sub.add_parser(stage.name, help=stage.help)
         _add_config_args(p)
         p.add_argument("--overwrite", action="store_true", help="discard this stage's output and redo it")
+        _add_verbose(p)
     p = sub.add_parser("config", help="print the full config (defaults filled in) and exit")
     _add_config_args(p)
     return parser
 
 
-def _run_stages(cfg: Config, stages: list[Stage], overwrite: bool) -> None:
+def _run_stages(cfg: Config, stages: list[Stage], overwrite: bool, console: Console) -> None:
     from cluster.runtime import init_ray
 
     for stage in stages:
         out = stage.output(cfg)
         plan = stage.prepare(cfg)
-        if not overwrite and out.done():
+        if not overwrite and not stage.always and out.done():
             fingerprint = getattr(plan, "fingerprint", None)
             if fingerprint is not None:
                 out.check(fingerprint)
-            print(f"[{stage.name}] done already ({out.path}); --overwrite redoes it", file=sys.stderr)
+            console.say(f"{stage.name}: done already ({out.path}); --overwrite redoes it")
             continue
+        # Past the checks: from here on the run directory holds the log (and the config, for the report).
+        console.settle(Path(cfg.run_dir) / LOG_DIR)
+        if not stage.always:
+            _write_config(cfg)
         if stage.needs_ray:
-            init_ray(cfg.ray)
-        summary = stage.run(cfg, plan, overwrite)
-        print(f"[{stage.name}] {json.dumps(summary, default=str)}", file=sys.stderr)
+            started = init_ray(cfg.ray, log_to_driver=console.verbose)
+            if started:
+                console.say(started)
+        progress.set_stage(stage.name)
+        try:
+            summary = stage.run(cfg, plan, overwrite)
+        finally:
+            progress.set_stage(None)
+        console.say(summarize(stage.name, summary))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _write_config(cfg: Config) -> None:
+    """The resolved config (every default filled in) beside the stages' output, for the report."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode())
+
+
+def _last_line(err: BaseException) -> str:
+    lines = [x for x in str(err).splitlines() if x.strip()]
+    return f"{type(err).__name__}: {lines[-1][:300] if lines else ''}"
+
+
+def main(argv: list[str] | None = None, *, release_output: bool = True) -> int:
+    """Run a command; 0 on success, 2 on bad input, 1 when a stage fails.
+
+    Without ``-v`` the libraries' output goes to ``RUN_DIR/logs/``; ``release_output=False`` leaves
+    it there until the process exits, so that what the libraries print at exit lands there too.
+    """
     args = build_parser().parse_args(argv)
+    console = Console(verbose=getattr(args, "verbose", False))
+    failed = False
     try:
         cfg = load_config(args.config, args.overrides)
         if args.command == "config":
             yaml.safe_dump(cfg.model_dump(), sys.stdout, sort_keys=False)
             return 0
+        console.capture()
         names = [n for n, s in STAGES.items() if s.in_run] if args.command == "run" else [args.command]
-        _run_stages(cfg, [STAGES[n] for n in names], args.overwrite)
+        _run_stages(cfg, [STAGES[n] for n in names], args.overwrite, console)
     except _input_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
+        console.say(f"error: {e}")
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        console.say("interrupted: the same command resumes where this one stopped")
+        return 130
+    except Exception as e:
+        if console.driver_log is None:
+            raise
+        failed = True
+        traceback.print_exc()  # into the log
+        console.say(f"error: {_last_line(e)}\n(the whole traceback and the libraries' output: {console.driver_log})")
+        return 1
+    finally:
+        _shutdown_ray(console)
+        console.release(keep_log=failed, restore=release_output)
     return 0
 
 
+def _shutdown_ray(console: Console) -> None:
+    """Stop the Ray this command started and keep its workers' logs with the run."""
+    from cluster.runtime import shutdown_ray
+
+    logs = shutdown_ray()
+    try:
+        console.copy_ray_logs(logs)
+    except OSError as e:
+        print(f"could not copy Ray's logs from {logs}: {e}", file=sys.stderr)
+
+
 def entry() -> Any:
-    sys.exit(main())
+    sys.exit(main(release_output=False))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cluster.config import Config, ConfigError
@@ -25,6 +26,7 @@ class Stage:
     run: Callable[[Config, Any, bool], dict[str, Any]]
     needs_ray: bool = True
     in_run: bool = True  # part of `selfcorrect run`; otherwise only run by name
+    always: bool = False  # cheap and derived from other stages' output: redone every time, never skipped
 
     def output(self, cfg: Config) -> StageDir:
         return StageDir(cfg.stage_dir(self.name))
@@ -107,7 +109,9 @@ def _build_prepare(cfg: Config) -> Any:
 def _build_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
     from rl.build import run_build
 
-    return run_build(plan.settings, StageDir(cfg.stage_dir("judge")), StageDir(cfg.stage_dir("build")), overwrite)
+    return run_build(
+        plan.settings, StageDir(cfg.stage_dir("judge")), StageDir(cfg.stage_dir("build")), overwrite, echo=False
+    )
 
 
 register(
@@ -194,6 +198,19 @@ def _eval_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
     return run_eval(plan, StageDir(cfg.stage_dir("eval")), overwrite=overwrite)
 
 
+def _report_prepare(cfg: Config) -> Any:
+    from rl.report import METRICS_FILE, read_metrics
+
+    read_metrics(Path(cfg.run_dir) / METRICS_FILE)  # missing or unreadable: refused before anything is written
+    return _Plan({"metrics": str(Path(cfg.run_dir) / METRICS_FILE)})
+
+
+def _report_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
+    from rl.report import write_report
+
+    return write_report(cfg.run_dir, cfg.stage_dir("report"))
+
+
 register(
     Stage(
         "eval",
@@ -201,5 +218,17 @@ register(
         "Acc@t1, Acc@t2, delta and tests in RUN_DIR/eval/metrics.json",
         _eval_prepare,
         _eval_run,
+    )
+)
+
+
+register(
+    Stage(
+        "report",
+        "report.md, a self-contained report.html and PNG plots from RUN_DIR/eval/metrics.json (RUN_DIR/report/)",
+        _report_prepare,
+        _report_run,
+        needs_ray=False,
+        always=True,
     )
 )

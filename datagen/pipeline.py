@@ -68,7 +68,8 @@ def run_shard_stage(
         return []
     import ray
     from ray.util.annotations import RayDeprecationWarning
-    from tqdm.auto import tqdm
+
+    from datagen import progress
 
     ctx = ray.data.DataContext.get_current()
     ctx.max_errored_blocks = 0  # a failed shard must fail the stage, never vanish
@@ -97,7 +98,7 @@ def run_shard_stage(
             max_task_retries=max_restarts,
         )
     manifest = []
-    with tqdm(total=len(tasks), desc=desc, unit="shard") as bar:
+    with progress.bar(total=len(tasks), desc=desc, unit="shard") as bar:
         for row in ds.iter_rows():
             row = dict(row)
             row["stats"] = json.loads(row["stats"])

@@ -26,6 +26,7 @@ import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,11 +35,13 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
-from datagen.shards import StageDir, StageInputError, atomic_write_json
+from datagen.shards import StageDir, StageInputError, atomic_write_bytes, atomic_write_json
 from rl.config import TrainConfig
 
 RUN_NAME = "ray"
 FINAL_MARKER = "final.json"
+METRICS_FILE = "metrics.jsonl"  # per logged step, rank 0: loss, rewards/*, learning_rate, epoch, step
+PROGRESS_FILE = "_progress.json"
 
 
 class GroupedWindowSampler(Sampler[int]):
@@ -185,7 +188,74 @@ def _callbacks(trainer, cfg: dict[str, Any], pair_ids: list[str]):
                     f.write(json.dumps(line) + "\n")
             trainer.step_ids.clear()
 
-    return [ReportCheckpoints(), LogSamples()]
+    class LogMetrics(TrainerCallback):
+        """Rank 0 appends each logged step's numbers to ``metrics.jsonl`` and its position to ``_progress.json``."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if rank == 0 and cfg.get("metrics_file"):
+                progress = Path(cfg["metrics_file"]).with_name(PROGRESS_FILE)
+                atomic_write_json(progress, {"step": state.global_step, "max_steps": state.max_steps})
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if rank == 0 and cfg.get("metrics_file") and logs and "loss" in logs:  # not the end-of-run summary
+                numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
+                append_line(Path(cfg["metrics_file"]), {**numbers, "step": state.global_step})
+
+    return [ReportCheckpoints(), LogSamples(), LogMetrics()]
+
+
+def append_line(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line with a single ``write`` on an O_APPEND file: a reader sees whole lines."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def write_step_metrics(log_history: list[dict[str, Any]], path: Path) -> int:
+    """Rewrite ``metrics.jsonl`` from the trainer's final log history: one line per logged step.
+
+    The lines appended during training repeat the steps a resumed run trained again; the final
+    history (restored from the checkpoint, then extended) holds each step once.
+    """
+    by_step = {h["step"]: h for h in log_history if "loss" in h and "step" in h}
+    lines = [json.dumps({k: v for k, v in by_step[s].items() if isinstance(v, (int, float))}) for s in sorted(by_step)]
+    atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode())
+    return len(lines)
+
+
+@contextlib.contextmanager
+def _step_bar(progress_file: Path) -> Iterator[None]:
+    """A driver-side bar over optimizer steps, following the ``_progress.json`` rank 0 writes."""
+    from datagen import progress
+
+    bar = progress.bar(desc="train", unit="step", total=None)
+    stop = threading.Event()
+
+    def update() -> None:
+        try:
+            pos = json.loads(progress_file.read_text())
+        except (OSError, ValueError):
+            return
+        if pos.get("max_steps") and bar.total != pos["max_steps"]:
+            bar.total = pos["max_steps"]
+        bar.n = pos.get("step", bar.n)
+        bar.refresh()
+
+    def follow() -> None:
+        while not stop.wait(1.0):
+            update()
+
+    thread = threading.Thread(target=follow, name="train-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        update()
+        bar.close()
 
 
 def _load_dataset(paths: list[str], algorithm: str, exclude: frozenset[str] = frozenset()):
@@ -561,6 +631,7 @@ def run_train(
         "cpus_per_worker": cfg.cpus_per_worker,
         "log_samples": cfg.log_samples,
         "sample_log_dir": str((out.path / "samples").resolve()),
+        "metrics_file": str((out.path / METRICS_FILE).resolve()),
         "callbacks": callbacks or [],
     }
     trainer = TorchTrainer(
@@ -579,7 +650,8 @@ def run_train(
         ),
     )
     start = time.perf_counter()
-    result = trainer.fit()
+    with _step_bar(out.path / PROGRESS_FILE):
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError("training ended without a final checkpoint")
     with result.checkpoint.as_directory() as final:
@@ -595,6 +667,9 @@ def run_train(
                 shutil.rmtree(dst)
             os.replace(tmp, dst)
         metrics = json.loads((Path(final) / FINAL_MARKER).read_text())
+    history = out.path / "log_history.json"
+    if history.exists():
+        write_step_metrics(json.loads(history.read_text()), out.path / METRICS_FILE)
     summary = {
         "algorithm": cfg.algorithm,
         "steps": metrics["step"],

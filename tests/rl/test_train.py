@@ -183,8 +183,35 @@ def ray_run(tmp_path_factory, tiny_model_dir, ray_local):
     tmp = tmp_path_factory.mktemp("ray-run")
     build = _build(tmp, toy_scl_rows(4))
     train = TrainConfig(batch_size=4, max_steps=2, lr=5e-3, sft_beta=0.1, log_every=1, checkpoint_every=1)
-    summary = run_train(train, str(tiny_model_dir), build, tmp / "train")
+    live = tmp / "metrics.live.jsonl"
+    summary = run_train(train, str(tiny_model_dir), build, tmp / "train", callbacks=[CopyAtEnd(str(live))])
     return tmp, build, train, summary
+
+
+class CopyAtEnd(TrainerCallback):
+    """Keep what rank 0 appended to metrics.jsonl while training (the stage rewrites it at the end)."""
+
+    def __init__(self, dst: str):
+        self.dst = dst
+
+    def on_train_end(self, args, state, control, **kwargs):
+        import ray.train
+
+        src = Path(self.dst).parent / "train" / "metrics.jsonl"
+        if ray.train.get_context().get_world_rank() == 0:
+            Path(self.dst).write_bytes(src.read_bytes())
+
+
+def test_ray_run_writes_per_step_metrics(ray_run):
+    tmp, *_ = ray_run
+    history = [h for h in json.loads((tmp / "train" / "log_history.json").read_text()) if "loss" in h]
+    for name in ("train/metrics.jsonl", "metrics.live.jsonl"):  # the final file, and as appended per step
+        lines = [json.loads(x) for x in (tmp / name).read_text().splitlines()]
+        assert [r["step"] for r in lines] == [1, 2], name
+        for rec, h in zip(lines, history, strict=True):
+            for key in ("loss", "rewards/margins", "rewards/chosen", "rewards/rejected", "learning_rate", "epoch"):
+                assert rec[key] == h[key], (name, key)
+    assert json.loads((tmp / "train" / "_progress.json").read_text()) == {"step": 2, "max_steps": 2}
 
 
 def test_ray_first_step_equals_standalone_trl(ray_run, tiny_model_dir):
@@ -305,6 +332,7 @@ def test_worker_killed_resumes_from_checkpoint_seeing_data_once(tmp_path, tiny_m
         log_samples=True,
         max_failures=1,
         lr=1e-3,
+        log_every=1,
     )
     marker = tmp_path / "killed"
     summary = run_train(
@@ -381,3 +409,6 @@ def test_group_larger_than_a_step_after_sft_first_through_ray(tmp_path, tiny_mod
     assert any(not torch.equal(base[k], tuned[k]) for k in base if k in tuned)
     dpo_log = json.loads((tmp_path / "train" / "log_history.json").read_text())
     assert dpo_log[0]["loss"] == pytest.approx(LN2, abs=1e-5)  # the SFT model is policy and reference
+    # step 3 was logged, lost with the worker and trained again: the metrics file holds it once
+    steps = [json.loads(x)["step"] for x in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

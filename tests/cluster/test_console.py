@@ -1,0 +1,117 @@
+"""The command's terminal: progress bars and summary lines only; everything the libraries and their
+processes print goes to RUN_DIR/logs/ — unless -v."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cluster.console import summarize
+
+ROOT = Path(__file__).parents[2]
+NOISE = ("Traceback", "WARNING", "Warning", "INFO", "pid=")
+
+
+def _run(argv: list[str], timeout: int) -> tuple[int, str, str]:
+    """Run and decode without universal newlines: a bar redrawn with carriage returns stays one line."""
+    proc = subprocess.run(argv, capture_output=True, timeout=timeout, env=_env())
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_everything_but_the_console_goes_to_the_log(tmp_path):
+    script = tmp_path / "noisy.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import logging, os, subprocess, sys, warnings
+        from pathlib import Path
+        from cluster.console import Console
+        from datagen import progress
+
+        console = Console()
+        console.capture()
+        print("library stdout")
+        print("library stderr", file=sys.stderr)
+        warnings.warn("a library WARNING")
+        logging.getLogger("lib").warning("a logging WARNING")
+        os.write(2, b"C-level write\\n")
+        subprocess.run([sys.executable, "-c", "import sys; print('child', file=sys.stderr)"])
+        console.settle(Path({str(tmp_path)!r}) / "logs")
+        with progress.bar(total=2, desc="stage", unit="shard") as bar:
+            bar.update(2)
+        progress.set_stage("eval")  # a stage that runs another stage's code: both names on its bar
+        with progress.bar(total=1, desc="generate") as bar:
+            bar.update(1)
+        progress.set_stage(None)
+        console.say("stage: done")
+        raise_later = "after settle"
+        print(raise_later, file=sys.stderr)
+        console.release()
+        print("back on the terminal", file=sys.stderr)
+    """)
+    )
+    code, out, err = _run([sys.executable, str(script)], 120)
+    assert code == 0, err
+    lines = err.split("\n")
+    assert lines[0].startswith("\rstage:") and "2/2" in lines[0]
+    assert lines[1].startswith("\reval generate:") and "1/1" in lines[1]
+    assert lines[2:] == ["stage: done", "back on the terminal", ""]
+    assert out == ""
+    log = (tmp_path / "logs" / "driver.log").read_text()
+    for text in ("library stdout", "library stderr", "a library WARNING", "a logging WARNING", "C-level write",
+                 "child", "after settle"):
+        assert text in log, text
+    assert "back on the terminal" not in log
+
+
+def test_summary_lines():
+    line = summarize("generate", {"prompts": 16, "samples": 64, "generated_tokens": 12345,
+                                  "tokens_per_s_this_run": 41.2, "wall_seconds_this_run": 299.6})
+    assert line == "generate: 16 prompts -> 64 samples, 12,345 tokens (41 tokens/s), 300 s"
+    assert summarize("build", {"builder": "scl", "kind": "pairs", "rows_in": 64, "pairs_out": 9, "prompts_out": 6,
+                               "dropped": {"both_wrong": 40, "both_correct": 15, "x": 0}}) == (
+        "build: scl, 64 rows -> 9 pairs (6 prompts); dropped both_wrong 40, both_correct 15"
+    )
+    assert summarize("eval", {"seconds": 80.4, "models": {"base": {"problems": 40}, "trained": {"problems": 40}}}) == (
+        "eval: base, trained on 40 problems each, 80 s"
+    )
+    # a stage without a summary of its own, or a summary of another shape: its scalar fields
+    assert summarize("eval", {"models": 2, "seconds": 12.3456, "x": [1]}) == "eval: models 2, seconds 12.3"
+    assert summarize("export", {"pairs": 3, "path": "/x"}) == "export: pairs 3, path /x"
+    assert summarize("train", {"steps": 3}) == "train: steps 3"
+
+
+@pytest.mark.slow
+def test_generate_prints_a_bar_and_a_line_and_with_v_everything(tmp_path, tiny_model_dir):
+    run_dir = tmp_path / "run"
+    argv = [
+        sys.executable, "-m", "cluster.cli", "generate", str(ROOT / "configs/quickstart.yaml"),
+        f"run_dir={run_dir}", f"model={tiny_model_dir}", "prompts.limit=2", "generate.n=1",
+        "generate.max_tokens=4", "generate.engine.max_model_len=512", "ray.num_cpus=2",
+        "ray.include_dashboard=false",
+    ]
+    code, out, err = _run(argv, 900)
+    assert code == 0, err[-3000:]
+    lines = err.rstrip("\n").split("\n")
+    assert len(lines) == 3, err  # where Ray runs, the bar, the summary
+    assert lines[0].startswith("ray: started a local Ray") and lines[2].startswith("generate: 2 prompts -> 2 samples")
+    assert not any(n in err for n in NOISE), err
+    assert out == ""
+    logs = run_dir / "logs"
+    assert "Started a local Ray instance" in (logs / "driver.log").read_text()
+    workers = "".join(p.read_text(errors="replace") for p in (logs / "ray").glob("session_*/worker-*"))
+    assert "vLLM" in workers or "vllm" in workers  # the engine's own output, kept with the run
+    assert (run_dir / "config.yaml").exists()
+
+    code, out, err = _run([*argv, "--overwrite", "-v"], 900)
+    assert code == 0, err[-3000:]
+    assert "pid=" in err and "WARNING" in err  # Ray's workers and vLLM, on the terminal
+    assert err.count("\n") > 20
