@@ -15,6 +15,11 @@ the model state goes back with it, so no step is ever trained twice into the fin
 
 At the end rank 0 saves the adapter (``OUT_DIR/adapter``) and a full Hugging Face model folder
 (``OUT_DIR/model``, the adapter merged in) that the generate stage loads as its ``model``.
+
+Before Ray Train starts, ``check_data`` measures every sequence with the model's tokenizer: TRL
+would cut an over-long one at ``max_length`` (the end of the answer), so such examples are refused
+or, with ``too_long: drop``, left out and counted. ``sft_first`` runs an SFT on the chosen answers
+into ``OUT_DIR/sft`` first (a run of its own, resumable) and DPO starts from its merged model.
 """
 
 from __future__ import annotations

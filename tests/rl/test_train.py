@@ -358,6 +358,9 @@ def test_worker_killed_resumes_from_checkpoint_seeing_data_once(tmp_path, tiny_m
         prompts = Counter(i.split(":")[0] for r in (0, 1) for i in final[(r, step)])
         assert set(prompts.values()) == {2}
     assert math.isfinite(json.loads((tmp_path / "train" / "log_history.json").read_text())[-1]["train_loss"])
+    # step 3 was logged, lost with the worker and trained again: the metrics file holds it once
+    steps = [json.loads(x)["step"] for x in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
 
 
 def test_group_larger_than_a_step_after_sft_first_through_ray(tmp_path, tiny_model_dir, ray_local):
@@ -409,6 +412,36 @@ def test_group_larger_than_a_step_after_sft_first_through_ray(tmp_path, tiny_mod
     assert any(not torch.equal(base[k], tuned[k]) for k in base if k in tuned)
     dpo_log = json.loads((tmp_path / "train" / "log_history.json").read_text())
     assert dpo_log[0]["loss"] == pytest.approx(LN2, abs=1e-5)  # the SFT model is policy and reference
-    # step 3 was logged, lost with the worker and trained again: the metrics file holds it once
-    steps = [json.loads(x)["step"] for x in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
+
+
+def test_first_step_loss_is_the_sft_beta_mix_of_rl_losses(tmp_path, tiny_model_dir):
+    """At step 1 the policy is the reference (LoRA B = 0): TRL's loss must be rl.losses.dpo_sft_loss,
+    (1 - sft_beta) * ln 2 + sft_beta * NLL(chosen), with the NLL computed here from the model itself."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rl.losses import dpo_sft_loss, token_logps
+
+    build = _build(tmp_path, toy_scl_rows(1))
+    train = TrainConfig(batch_size=1, max_steps=1, lr=1e-6, sft_beta=0.5, log_every=1)
+    trainer, _ = build_trainer(_loop_cfg(tiny_model_dir, build, train), str(tmp_path / "hf"), use_cpu=True)
+    trainer.train()
+    logged = trainer.state.log_history[0]["loss"]
+
+    pair = build.read().to_pylist()[0]
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    full = tok.apply_chat_template(pair["prompt"] + pair["chosen"], tokenize=True, return_dict=True)["input_ids"]
+    prompt = tok.apply_chat_template(pair["prompt"], tokenize=True, add_generation_prompt=True, return_dict=True)
+    p_ids = prompt["input_ids"]  # the completion starts where the two diverge, as TRL counts it
+    n_prompt = next((i for i, (a, b) in enumerate(zip(p_ids, full, strict=False)) if a != b), len(p_ids))
+    ids = torch.tensor([full])
+    labels = ids.clone()
+    labels[:, :n_prompt] = -100
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)(ids).logits
+    per_token = token_logps(logits, labels)
+    mask = labels[:, 1:] != -100
+    same = per_token.sum(-1)
+    expected = dpo_sft_loss(same, same, same, same, per_token, mask, beta=0.1, sft_beta=0.5).item()
+    nll = -per_token[mask].mean().item()
+    assert expected == pytest.approx(0.5 * LN2 + 0.5 * nll, abs=1e-6)
+    assert logged == pytest.approx(expected, rel=1e-4)
