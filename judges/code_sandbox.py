@@ -51,9 +51,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
-from judges import sandbox_init
-
+LAUNCHER = str(Path(__file__).with_name("sandbox_init.py"))  # run as a script, never imported here
 MODES = ("userns", "root", "none")
 WORKDIR = "/work"
 # A fresh outside uid per run when we are root: far above real users, below the overflow ids.
@@ -196,7 +196,7 @@ def _run(source: str, limits: SandboxLimits, mode: str) -> Outcome:
             stdin.seek(0)
             try:
                 proc = subprocess.Popen(
-                    [python, "-I", "-S", sandbox_init.__file__, json.dumps(cfg)],
+                    [python, "-I", "-S", LAUNCHER, json.dumps(cfg)],
                     stdin=stdin,
                     stdout=subprocess.DEVNULL,
                     stderr=stderr,  # a file: a chatty program cannot fill our memory (RLIMIT_FSIZE caps it)

@@ -283,6 +283,7 @@ def _contain(cfg: dict, ready_w: int, go_r: int) -> int:
 
 
 def launch(cfg: dict) -> int:
+    os.umask(0o022)  # the new root's directories must be searchable by the program's uid
     _check(LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
     if os.getppid() != cfg["parent_pid"]:
         return _fail(cfg, SetupError("the judge process is gone"))

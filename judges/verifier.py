@@ -166,8 +166,8 @@ class Verifier(BaseJudge):
         with self._probe_lock:
             if self._refusal is None:
                 mode, why = isolation(self.limits.python)
-                if mode != "none":
-                    log.info("judge %s: generated code runs sandboxed (%s namespaces)", self.name, mode)
+                if mode != "none":  # a warning, so that it shows in actor logs without any logging set-up
+                    log.warning("judge %s: generated code runs sandboxed (%s namespaces)", self.name, mode)
                     self._refusal = ""
                 elif self.settings.unsafe_code:
                     log.warning(

@@ -323,3 +323,31 @@ def test_no_isolation_means_refusal_unless_allowed(monkeypatch):
         cs.run_program("pass\n", LIMITS)
     out = cs.run_program("pass\n", SandboxLimits(timeout_s=10, allow_unsafe=True))
     assert out.passed and out.isolation == "none"
+
+
+def test_the_verifier_flags_code_rows_without_isolation_and_says_so_once(monkeypatch, caplog):
+    import json
+
+    import judges.verifier as verifier
+    from judges.base import build
+    from judges.config import judge_settings
+
+    meta = json.dumps({"code_prompt": STUB, "test": TEST, "entry_point": "add"})
+    rows = [
+        {"prompt_id": f"p{i}", "task": "code", "attempt1": "    return a + b\n", "metadata": meta} for i in range(3)
+    ]
+    caplog.set_level("INFO", logger="judges.verifier")
+    judge = build("verifier", judge_settings("verifier", {"code_timeout_s": 5}))
+    assert [r.score1 for r in judge.judge(rows)] == [1.0] * 3
+    assert [r.getMessage() for r in caplog.records].count(
+        f"judge verifier: generated code runs sandboxed ({MODE} namespaces)"
+    ) == 1
+    assert json.loads(judge.judge(rows[:1])[0].raw)["attempt1"]["isolation"] == MODE
+
+    monkeypatch.setattr(verifier, "isolation", lambda python=None: ("none", "userns: refused by the test"))
+    refused = build("verifier", judge_settings("verifier", {"code_timeout_s": 5}))
+    results = refused.judge(rows)
+    assert all(r.score1 is None and "unsafe_code" in r.error for r in results)
+    assert sum("code not run" in r.getMessage() for r in caplog.records) == 1
+    allowed = build("verifier", judge_settings("verifier", {"code_timeout_s": 5, "unsafe_code": True}))
+    assert [r.score1 for r in allowed.judge(rows)] == [1.0] * 3
