@@ -46,6 +46,7 @@ def main() -> None:
     results = judge.judge(list(rows.values()))
 
     n = score_ok = answer_ok = rows_ok = 0
+    both_right = missed = false_credit = 0
     misses = []
     for row, res in zip(rows.values(), results, strict=True):
         raw = json.loads(res.raw or "{}")
@@ -57,6 +58,9 @@ def main() -> None:
             same_score = (score == 1.0) == lab["label_correct"]
             same_answer = got == want or (got is not None and want is not None and answers_match(got, want))
             n += 1
+            both_right += score == 1.0 and lab["label_correct"]
+            missed += score != 1.0 and lab["label_correct"]
+            false_credit += score == 1.0 and not lab["label_correct"]
             score_ok += same_score
             answer_ok += same_answer
             row_ok &= same_score
@@ -72,8 +76,8 @@ def main() -> None:
     print(f"  score agreement per judgement: {score_ok}/{n} = {score_ok / n:.3f}")
     print(f"  score agreement per row (both attempts): {rows_ok}/{len(rows)} = {rows_ok / len(rows):.3f}")
     print(f"  extracted answer = labelled answer: {answer_ok}/{n} = {answer_ok / n:.3f}")
-    print(f"  labelled right: {sum(lab['label_correct'] for lab in labels)}; verifier right: "
-          f"{sum(1 for r in results for s in (r.score1, r.score2) if s == 1.0)}")
+    print(f"  labelled right and scored 1: {both_right}; labelled right, scored 0: {missed}; "
+          f"labelled wrong or no answer, scored 1: {false_credit}")
     if misses and not args.quiet:
         print("score disagreements:")
         print("\n".join(misses))

@@ -129,6 +129,7 @@ def clean_answer(candidate: str) -> str | None:
     True
     """
     s = _unwrap(candidate)
+    s = re.sub(r"[\"“”]", " ", s)  # a quoted answer: 'The answer is "24."'
     s = s.replace("\\$", " ").replace("$", " ").replace("\\%", "%").replace("\\!", "").replace("~", " ")
     s = re.sub(r"\{,\}|\\,|\\;|\\ ", lambda m: "," if m.group() == "{,}" else " ", s)
     s = re.sub(r"\^\s*\{?\\circ\}?|°|[€£¥]", " ", s)
