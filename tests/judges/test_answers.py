@@ -156,6 +156,16 @@ def test_rule_is_named():
     assert set(EXPLICIT_RULES) >= {"boxed", "scl_hashes", "answer_is", "correct_is"}
 
 
+def test_long_responses_stay_cheap():
+    """A response with no line breaks, or with braces that never close, is not read quadratically."""
+    import time
+
+    for text in ("The answer is 12. " * 3000, "\\boxed{" * 2000, "5 + 7 = 12 and " * 4000):
+        start = time.perf_counter()
+        extract(text)
+        assert time.perf_counter() - start < 5  # the quadratic version took ~15 s on the first
+
+
 # --- hand-checked outputs of the default model ---------------------------------------------------
 
 HAND_CHECKED = Path(__file__).parent / "data" / "hand_checked.jsonl"
