@@ -8,6 +8,17 @@ scored by the ``verifier`` judge exactly as the judge stage calls it, so finish 
 ``attempt1_finish``/``attempt2_finish``. ``--code DIR`` imports the judges package from another
 checkout, to compare versions of the verifier on the same labels. Prints per-attempt and per-row
 agreement of the scores, agreement of the extracted answers, and the disagreements.
+
+How the labels were read: the final answer is the last explicit statement that holds a value ("The
+answer is 12", "Final answer: 12", "The correct answer is 12"); "The answer is N" holds none, and a
+response that computes a value and then says "The answer is N" commits to the computed value; with
+no explicit statement, the value the closing sentence commits to; a response cut off by max_tokens
+commits only to an explicit statement finished before the cut.
+
+Measured on tests/judges/data/hand_checked.jsonl (208 rows of SmolLM2-135M-Instruct on the built-in
+arithmetic prompts, 25 of 416 attempts right): this verifier 415/416 attempts (0.998), 207/208 rows;
+the extract-then-last-number verifier it replaced 397/416 (0.954), 191/208 rows (8 right answers
+scored 0, 11 wrong or cut-off ones scored 1).
 """
 
 from __future__ import annotations
