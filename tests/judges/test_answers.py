@@ -156,6 +156,15 @@ def test_rule_is_named():
     assert set(EXPLICIT_RULES) >= {"boxed", "scl_hashes", "answer_is", "correct_is"}
 
 
+def test_docstring_examples():
+    import doctest
+
+    import judges.answers
+
+    failed, tried = doctest.testmod(judges.answers)
+    assert failed == 0 and tried >= 4
+
+
 def test_long_responses_stay_cheap():
     """A response with no line breaks, or with braces that never close, is not read quadratically."""
     import time
