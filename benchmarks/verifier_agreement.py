@@ -8,6 +8,17 @@ scored by the ``verifier`` judge exactly as the judge stage calls it, so finish 
 ``attempt1_finish``/``attempt2_finish``. ``--code DIR`` imports the judges package from another
 checkout, to compare versions of the verifier on the same labels. Prints per-attempt and per-row
 agreement of the scores, agreement of the extracted answers, and the disagreements.
+
+How the labels were read: the final answer is the last explicit statement that holds a value ("The
+answer is 12", "Final answer: 12", "The correct answer is 12"); "The answer is N" holds none, and a
+response that computes a value and then says "The answer is N" commits to the computed value; with
+no explicit statement, the value the closing sentence commits to; a response cut off by max_tokens
+commits only to an explicit statement finished before the cut.
+
+Measured on tests/judges/data/hand_checked.jsonl (208 rows of SmolLM2-135M-Instruct on the built-in
+arithmetic prompts, 25 of 416 attempts right): this verifier 415/416 attempts (0.998), 207/208 rows;
+the extract-then-last-number verifier it replaced 397/416 (0.954), 191/208 rows (8 right answers
+scored 0, 11 wrong or cut-off ones scored 1).
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ def main() -> None:
     results = judge.judge(list(rows.values()))
 
     n = score_ok = answer_ok = rows_ok = 0
+    both_right = missed = false_credit = 0
     misses = []
     for row, res in zip(rows.values(), results, strict=True):
         raw = json.loads(res.raw or "{}")
@@ -57,6 +69,9 @@ def main() -> None:
             same_score = (score == 1.0) == lab["label_correct"]
             same_answer = got == want or (got is not None and want is not None and answers_match(got, want))
             n += 1
+            both_right += score == 1.0 and lab["label_correct"]
+            missed += score != 1.0 and lab["label_correct"]
+            false_credit += score == 1.0 and not lab["label_correct"]
             score_ok += same_score
             answer_ok += same_answer
             row_ok &= same_score
@@ -72,8 +87,8 @@ def main() -> None:
     print(f"  score agreement per judgement: {score_ok}/{n} = {score_ok / n:.3f}")
     print(f"  score agreement per row (both attempts): {rows_ok}/{len(rows)} = {rows_ok / len(rows):.3f}")
     print(f"  extracted answer = labelled answer: {answer_ok}/{n} = {answer_ok / n:.3f}")
-    print(f"  labelled right: {sum(lab['label_correct'] for lab in labels)}; verifier right: "
-          f"{sum(1 for r in results for s in (r.score1, r.score2) if s == 1.0)}")
+    print(f"  labelled right and scored 1: {both_right}; labelled right, scored 0: {missed}; "
+          f"labelled wrong or no answer, scored 1: {false_credit}")
     if misses and not args.quiet:
         print("score disagreements:")
         print("\n".join(misses))

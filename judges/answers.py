@@ -60,10 +60,10 @@ _NUMBER = re.compile(
 _LATEX_FRAC = re.compile(r"-?\\[dt]?frac\s*\{[^{}]*\}\s*\{[^{}]*\}|-?\\[dt]?frac\d\d")
 
 
-def _balanced(text: str, open_at: int) -> int:
-    """Index just past the brace group opening at ``open_at``, or -1 when it never closes."""
+def _balanced(text: str, open_at: int, limit: int = 1000) -> int:
+    """Index just past the brace group opening at ``open_at``, or -1 when it does not close within ``limit``."""
     depth = 0
-    for j in range(open_at, len(text)):
+    for j in range(open_at, min(len(text), open_at + limit)):
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         if depth == 0:
             return j + 1
@@ -129,6 +129,7 @@ def clean_answer(candidate: str) -> str | None:
     True
     """
     s = _unwrap(candidate)
+    s = re.sub(r"[\"“”]", " ", s)  # a quoted answer: 'The answer is "24."'
     s = s.replace("\\$", " ").replace("$", " ").replace("\\%", "%").replace("\\!", "").replace("~", " ")
     s = re.sub(r"\{,\}|\\,|\\;|\\ ", lambda m: "," if m.group() == "{,}" else " ", s)
     s = re.sub(r"\^\s*\{?\\circ\}?|°|[€£¥]", " ", s)
@@ -178,19 +179,25 @@ _IS_THE_ANSWER = re.compile(r"\bis\s+(?:the|my|our)\s+(?:final\s+|correct\s+|rig
 _SCL = re.compile(r"##[ \t]*([^#\n]+?)[ \t]*##")
 
 
+# An answer is short: a statement is read this far (a response with no line breaks stays linear).
+_STATEMENT_CHARS = 200
+
+
 def _line_after(text: str, at: int, head: int) -> str:
     """The statement after a final-statement phrase that ends at ``at`` and began at ``head``.
 
     The rest of the line; or, for a phrase that is a line of its own ("Final answer:", "**Answer**"),
     the next line that is not empty.
     """
-    first, _, more = text[at:].partition("\n")
-    if first.strip():
+    end = text.find("\n", at)
+    first = text[at : end if end >= 0 else len(text)][:_STATEMENT_CHARS]
+    if first.strip() or end < 0:
         return first
     line_start = text.rfind("\n", 0, head) + 1
-    if head - line_start > 12 or not more.strip():
+    more = text[end : end + 4 * _STATEMENT_CHARS].strip()
+    if head - line_start > 12 or not more:
         return ""
-    return more.strip().split("\n", 1)[0]
+    return more.split("\n", 1)[0][:_STATEMENT_CHARS]
 
 
 def _explicit(text: str) -> list[tuple[int, bool, str, str]]:
@@ -225,7 +232,7 @@ def _explicit(text: str) -> list[tuple[int, bool, str, str]]:
                 found.append((m.start(), closed, rule, answer))
     for m in _IS_THE_ANSWER.finditer(text):
         # "... = 33, which is the answer": the last number of the sentence so far
-        before = re.split(r"(?<!\d)\.(?!\d)|\n", text[: m.start()])[-1]
+        before = re.split(r"(?<!\d)\.(?!\d)|\n", text[max(0, m.start() - _STATEMENT_CHARS) : m.start()])[-1]
         numbers = _numbers(before)
         if numbers:
             found.append((m.start(), True, "is_the_answer", _plain(numbers[-1].group())))

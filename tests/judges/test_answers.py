@@ -156,19 +156,49 @@ def test_rule_is_named():
     assert set(EXPLICIT_RULES) >= {"boxed", "scl_hashes", "answer_is", "correct_is"}
 
 
+def test_docstring_examples():
+    import doctest
+
+    import judges.answers
+
+    failed, tried = doctest.testmod(judges.answers)
+    assert failed == 0 and tried >= 4
+
+
+def test_long_responses_stay_cheap():
+    """A response with no line breaks, or with braces that never close, is not read quadratically."""
+    import time
+
+    for text in ("The answer is 12. " * 3000, "\\boxed{" * 2000, "5 + 7 = 12 and " * 4000):
+        start = time.perf_counter()
+        extract(text)
+        assert time.perf_counter() - start < 5  # the quadratic version took ~15 s on the first
+
+
 # --- hand-checked outputs of the default model ---------------------------------------------------
 
 HAND_CHECKED = Path(__file__).parent / "data" / "hand_checked.jsonl"
-#: measured: see benchmarks/verifier_agreement.py (the old extractor agreed on far fewer)
-MIN_AGREEMENT = 0.97
+# Measured (benchmarks/verifier_agreement.py): 415/416 attempts, 207/208 rows; the verifier this
+# replaced agreed on 397/416 attempts and 191/208 rows.
+MIN_AGREEMENT = 0.99
 
 
 def test_agreement_with_hand_labels():
-    """Each attempt's 0/1 score agrees with a person's reading of what it commits to."""
+    """Each attempt's 0/1 score agrees with a person's reading of what it commits to.
+
+    The labels are 208 rows (416 attempts) of the default model on the built-in arithmetic prompts:
+    the final answer each response commits to (null: none; a response cut off by max_tokens only
+    by an explicit statement made before the cut) and whether it equals the reference.
+    """
     labels = [json.loads(line) for line in HAND_CHECKED.read_text().splitlines() if line.strip()]
     assert len(labels) >= 400 and {lab["attempt"] for lab in labels} == {1, 2}
-    agree = sum(
-        (score_math(lab["text"], lab["reference"], finish=lab["finish"])[0] == 1.0) == lab["label_correct"]
-        for lab in labels
-    )
+    assert sum(lab["label_correct"] for lab in labels) >= 20  # not only wrong answers
+    rows: dict[tuple[str, int], bool] = {}
+    agree = 0
+    for lab in labels:
+        ok = (score_math(lab["text"], lab["reference"], finish=lab["finish"])[0] == 1.0) == lab["label_correct"]
+        agree += ok
+        key = (lab["prompt_id"], lab["sample_idx"])
+        rows[key] = rows.get(key, True) and ok
     assert agree / len(labels) >= MIN_AGREEMENT, f"{agree}/{len(labels)}"
+    assert sum(rows.values()) / len(rows) >= MIN_AGREEMENT, f"{sum(rows.values())}/{len(rows)} rows"
