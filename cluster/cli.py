@@ -29,7 +29,9 @@ KEY=VALUE overrides with dotted keys, e.g.
   selfcorrect config configs/scl.yaml            # print the full config with every default
 
 A stage that finished is skipped; one that was killed resumes where it stopped. --overwrite
-redoes it.
+redoes it. The terminal shows a progress bar and a summary line per stage; what Ray, vLLM and
+the workers print goes to RUN_DIR/logs/ (-v shows it instead). The report (RUN_DIR/report/) is
+rebuilt from RUN_DIR/eval/metrics.json every time.
 """
 
 EPILOG = """\

@@ -55,7 +55,7 @@ class Console:
         if _is_fd(sys.stderr, 2):
             # The terminal lives on as a duplicate of fd 2; otherwise (a test capturing sys.stderr)
             # the summaries keep going to whatever sys.stderr is.
-            self.term = open(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+            self.term = open(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
         fd, path = tempfile.mkstemp(prefix="selfcorrect-", suffix=".log")
         self._log_path = Path(path)
         for target in (1, 2):

@@ -425,6 +425,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     pngs = report_plots.draw_all(facts.metrics, facts.train_log)
     for name, data in pngs.items():
         atomic_write_bytes(out / name, data)
+    for name in set(report_plots.TITLES) - set(pngs):
+        (out / name).unlink(missing_ok=True)  # a plot an earlier report drew that has no data now
     alts = {name: report_plots.TITLES[name] for name in pngs}
     blocks = report_blocks(facts, alts)
     atomic_write_bytes(out / "report.md", render_markdown(blocks).encode())

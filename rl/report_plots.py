@@ -89,6 +89,8 @@ def plot_transitions(metrics: dict[str, Any]) -> bytes | None:
 
 
 def plot_training(train_log: list[dict[str, Any]]) -> bytes | None:
+    from matplotlib.ticker import MaxNLocator
+
     panels = [
         ("loss", [("loss", "loss", "#333333")]),
         ("DPO reward margin", [("rewards/margins", "chosen − rejected", "#55a868")]),
@@ -105,6 +107,7 @@ def plot_training(train_log: list[dict[str, Any]]) -> bytes | None:
             pts = [(r["step"], r[key]) for r in train_log if isinstance(r.get(key), (int, float))]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, color=color, label=name)
         ax.set_title(title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)

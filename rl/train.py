@@ -243,10 +243,10 @@ def _step_bar(progress_file: Path) -> Iterator[None]:
             pos = json.loads(progress_file.read_text())
         except (OSError, ValueError):
             return
-        if pos.get("max_steps") and bar.total != pos["max_steps"]:
-            bar.total = pos["max_steps"]
-        bar.n = pos.get("step", bar.n)
-        bar.refresh()
+        total, step = pos.get("max_steps") or bar.total, pos.get("step", bar.n)
+        if (total, step) != (bar.total, bar.n):  # redrawn on a change only: a piped log stays short
+            bar.total, bar.n = total, step
+            bar.refresh()
 
     def follow() -> None:
         while not stop.wait(1.0):

@@ -1,4 +1,4 @@
-"""The import direction: the data contract and the judges load without ray or vllm."""
+"""The import direction: the data contract, the judges and the report load without ray or vllm."""
 
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["datagen.records", "judges"])
+@pytest.mark.parametrize("module", ["datagen.records", "judges", "rl.report", "rl.report_plots"])
 def test_imports_without_ray_or_vllm(module):
     code = (
         f"import sys, {module}\n"
