@@ -37,7 +37,7 @@ def test_run_every_stage_then_skip_them(tmp_path, tiny_model_dir):
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)
     try:
-        first = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+        first = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=1200, env=env)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert first.returncode == 0, first.stderr[-4000:]
