@@ -155,7 +155,9 @@ def _train_prepare(cfg: Config) -> Any:
 
     model_path = resolve_model(cfg.model, cfg.model_cache)
     build_dir = StageDir(cfg.stage_dir("build"))
-    report = check_data(cfg.train, model_path, build_dir)
+    # A finished train stage is only compared by fingerprint; with --overwrite, run_train checks the data.
+    done = StageDir(cfg.stage_dir("train")).done()
+    report = None if done else check_data(cfg.train, model_path, build_dir)
     return _Plan(train_fingerprint(cfg.train, model_path, build_dir), model_path, report=report)
 
 

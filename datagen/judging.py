@@ -26,7 +26,7 @@ from datagen.models import resolve_model
 from datagen.pipeline import run_shard_stage
 from datagen.records import judge_column
 from datagen.shards import StageDir, StageInputError
-from judges.base import JudgeResult, build
+from judges.base import JudgeResult, build, load
 from judges.config import JudgeSettings, judge_settings
 
 COLUMN_TYPES = {
@@ -110,6 +110,8 @@ def plan_judge(
     fingerprint = {
         "generate": json.loads((inputs.path / "_stage.json").read_text()),
         "judges": {n: s.model_dump(exclude=PLACEMENT_KEYS) for n, s in filled.items()},
+        # A judge whose scoring rules changed (a new ``version``) must not be mixed with its old verdicts.
+        "versions": {n: getattr(load(s.type), "version", None) for n, s in filled.items()},
     }
     return JudgePlan(filled, inputs, json.loads(json.dumps(fingerprint)), num_gpus, env, pool)
 

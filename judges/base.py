@@ -74,6 +74,8 @@ class BaseJudge:
     suffixes: ClassVar[tuple[str, ...]] = ("score1", "score2", "raw", "error")
     #: resources one actor needs for this judge (the stage takes the maximum over its judges)
     needs_gpu: ClassVar[bool] = False
+    #: bumped when the judge's scoring rules change, so the judge stage redoes verdicts made under the old ones
+    version: ClassVar[str] = "1"
 
     def __init__(self, name: str, settings: Any):
         self.name = name

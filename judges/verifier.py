@@ -85,6 +85,9 @@ def check_math(
 class Verifier(BaseJudge):
     """Scores attempt 1 and attempt 2 of math and code rows against their ground truth."""
 
+    # 2: the final-answer extractor of judges.answers, finish reasons, the namespaced code sandbox
+    version = "2"
+
     def __init__(self, name: str, settings: Any):
         super().__init__(name, settings)
         self.limits = SandboxLimits(

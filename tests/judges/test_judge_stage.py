@@ -139,3 +139,18 @@ def test_api_rate_limits_are_shared_by_the_pool(tmp_path):
     assert (three.judges["openai"].requests_per_min, three.judges["openai"].tokens_per_min) == (200, 30000)
     assert three.pool.max_actors == 3
     assert one.fingerprint == three.fingerprint  # placement, not content: a finished stage stays valid
+
+
+def test_a_judge_with_new_scoring_rules_does_not_reuse_old_verdicts(tmp_path, monkeypatch):
+    """The fingerprint holds each judge's ``version``: judged rows from older rules are refused, not mixed."""
+    from cluster.config import load_config
+    from cluster.stages import STAGES
+    from judges.verifier import Verifier
+
+    run_dir = tmp_path / "run"
+    write_generate(run_dir, shards=1)
+    cfg = load_config(None, [f"run_dir={run_dir}"])
+    before = STAGES["judge"].prepare(cfg)
+    assert before.fingerprint["versions"] == {"verifier": Verifier.version}
+    monkeypatch.setattr(Verifier, "version", Verifier.version + ".next")
+    assert STAGES["judge"].prepare(cfg).fingerprint != before.fingerprint
