@@ -38,6 +38,7 @@ from datagen.models import ModelNotFoundError, resolve_model
 from datagen.prompts import load_prompts
 from datagen.records import SAMPLE_SCHEMA, judge_column
 from datagen.shards import StageDir, StageInputError, atomic_write_json, shard_name
+from datagen.turns import answer_after_revisions
 from judges.config import JudgeSettings
 from rl import metrics
 from rl.config import BUILTIN_LABELS, EvalConfig
@@ -147,18 +148,7 @@ def is_pairwise(settings: JudgeSettings) -> bool:
     return settings.type == "self_critic" or getattr(settings, "mode", None) == "pairwise"
 
 
-def answer_after_revisions() -> Callable[[dict[str, Any], int], str | None] | None:
-    """SelFee's answer after k revisions of a row, from the generate stage's turn code (None if absent)."""
-    try:
-        from datagen.turns import answer_after_revisions as helper
-    except ImportError:
-        return None
-    return helper
-
-
 def _selfee_generate(cfg: EvalConfig, inherited: dict[str, Any], max_tokens: int) -> GenerateConfig:
-    if answer_after_revisions() is None:
-        raise EvalInputError("eval.selfee_revisions: this version has no datagen.turns.answer_after_revisions")
     k = cfg.selfee_revisions
     try:
         return GenerateConfig.model_validate(
@@ -283,7 +273,9 @@ def versus_rows(rows: list[dict[str, Any]], against: list[dict[str, Any]]) -> li
     return out
 
 
-def selfee_rows(rows: list[dict[str, Any]], k_max: int, n: int, answer_after) -> list[dict[str, Any]]:
+def selfee_rows(
+    rows: list[dict[str, Any]], k_max: int, n: int, answer_after=answer_after_revisions
+) -> list[dict[str, Any]]:
     """One row per (sample, k) for k = 0..k_max with the answer after k revisions as attempt 1, under
     sample index k * n + sample_idx, so one judge pass scores every k."""
     out = []
@@ -362,10 +354,10 @@ def _selfee_k(plan: EvalPlan, run: ModelRun, root: Path) -> dict[str, Any]:
     gen_dir = StageDir(root / run.label / "selfee" / "generate")
     if not gen_dir.done():
         run_generate(run.selfee, gen_dir)
-    k_max, n, helper = plan.cfg.selfee_revisions, plan.cfg.n, answer_after_revisions()
+    k_max, n = plan.cfg.selfee_revisions, plan.cfg.n
     derived = root / run.label / "selfee_k"
     derive_stage(
-        gen_dir, StageDir(derived / "generate"), {"k": k_max}, lambda i, rows: selfee_rows(rows, k_max, n, helper)
+        gen_dir, StageDir(derived / "generate"), {"k": k_max}, lambda i, rows: selfee_rows(rows, k_max, n)
     )
     judged = _judged(plan, derived, {plan.judge: plan.judges[plan.judge]})
     j = plan.judge

@@ -248,10 +248,7 @@ def test_selfee_rows_hold_the_answer_after_each_k():
     row = {"prompt_id": "p", "sample_idx": 1, "attempt1": "a0", "attempt1_finish": "stop",
            "attempt2": "r1", "attempt2_finish": "length", "revisions": ["r1"]}  # fmt: skip
 
-    def after(r, k):  # a chain that stopped after one revision keeps its last answer
-        return r["attempt1"] if k == 0 else r["revisions"][min(k, len(r["revisions"])) - 1]
-
-    out = selfee_rows([row], 2, n=2, answer_after=after)
+    out = selfee_rows([row], 2, n=2)  # a chain that stopped after one revision keeps its last answer
     assert [(r["sample_idx"], r["attempt1"], r["attempt1_finish"], r["attempt2"]) for r in out] == [
         (1, "a0", "stop", None),
         (3, "r1", "length", None),
