@@ -50,9 +50,8 @@ def plot_accuracy(metrics: dict[str, Any]) -> bytes:
         pos = [x + offset for x in xs]
         vals = [100 * m["value"] for m in ms]
         ax.bar(pos, vals, w, yerr=_whiskers(ms), capsize=4, color=color, label=name)
-        for x, v in zip(pos, vals, strict=True):  # inside the bar, clear of the whiskers
-            ax.text(x, min(v / 2, 4) if v < 8 else v / 2, f"{v:.1f}", ha="center", va="center", fontsize=8,
-                    color="white" if v >= 8 else "black")
+        for x, v, m in zip(pos, vals, ms, strict=True):  # above the whisker, clear of it
+            ax.text(x, 100 * m["high"] + 1.5, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(list(xs), labels)
     ax.set_xlabel("model")
     ax.set_ylabel("accuracy (% of samples)")
