@@ -68,6 +68,11 @@ class JudgePlan:
     pool: JudgePoolConfig
 
 
+def judge_versions(judges: dict[str, JudgeSettings]) -> dict[str, str | None]:
+    """Each judge's ``version``, for fingerprints: verdicts made under older scoring rules are not reused."""
+    return {n: getattr(load(s.type), "version", None) for n, s in judges.items()}
+
+
 def plan_judge(
     judges: dict[str, JudgeSettings],
     run_dir: str | Path,
@@ -110,8 +115,7 @@ def plan_judge(
     fingerprint = {
         "generate": json.loads((inputs.path / "_stage.json").read_text()),
         "judges": {n: s.model_dump(exclude=PLACEMENT_KEYS) for n, s in filled.items()},
-        # A judge whose scoring rules changed (a new ``version``) must not be mixed with its old verdicts.
-        "versions": {n: getattr(load(s.type), "version", None) for n, s in filled.items()},
+        "versions": judge_versions(filled),
     }
     return JudgePlan(filled, inputs, json.loads(json.dumps(fingerprint)), num_gpus, env, pool)
 

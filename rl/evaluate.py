@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from datagen.config import EngineConfig, GenerateConfig, JudgePoolConfig, PromptsConfig
 from datagen.generate import GeneratePlan, plan_generate, run_generate
-from datagen.judging import plan_judge, run_judge
+from datagen.judging import judge_versions, plan_judge, run_judge
 from datagen.models import ModelNotFoundError, resolve_model
 from datagen.prompts import load_prompts
 from datagen.records import SAMPLE_SCHEMA, judge_column
@@ -237,6 +237,7 @@ def plan_eval(
         "models": {r.label: r.generate.fingerprint for r in runs},
         "selfee": {r.label: r.selfee.fingerprint for r in runs if r.selfee is not None},
         "judges": {n: s.model_dump() for n, s in use_judges.items()},
+        "judge_versions": judge_versions(use_judges),
         "metrics": cfg.model_dump(include={"judge", "threshold", "pass_k", "bootstrap", "pairwise"}),
     }
     return EvalPlan(
@@ -313,13 +314,11 @@ def derive_stage(
         return
     dest.start({"derived_from": json.loads((source.path / "_stage.json").read_text()), **tag})
     done = dest.completed_shards()
-    count = 0
-    for i in sorted(source.completed_shards()):
+    for i in sorted(source.completed_shards() - done):
         rows = rows_fn(i, pq.read_table(source.path / shard_name(i)).to_pylist())
-        count += len(rows)
-        if i not in done:
-            dest.write_shard(i, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
-    dest.mark_done({"samples": count, "wall_seconds_this_run": 0.0})
+        dest.write_shard(i, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
+    samples = sum(pq.ParquetFile(p).metadata.num_rows for p in dest.shard_paths())  # footers only
+    dest.mark_done({"samples": samples, "wall_seconds_this_run": 0.0})
 
 
 def _judged(plan: EvalPlan, root: Path, judges: dict[str, JudgeSettings]) -> StageDir:
