@@ -25,6 +25,7 @@ ROOT = Path(__file__).parents[2]
 LAUNCH = sorted((ROOT / "cluster" / "launch").glob("*.yaml"))
 KUBERAY = sorted((ROOT / "cluster" / "kuberay").glob("*.yaml"))
 API = json.loads((Path(__file__).parent / "data" / "kuberay_api.json").read_text())
+SHARED = "/mnt/shared/"  # where every node and pod mounts the shared run storage
 
 # Names that hold credentials, and values that look like one (OpenAI/Anthropic, AWS, GitHub, HF, GCP keys).
 SECRET_NAME = re.compile(r"(^|_)(KEY|TOKEN|SECRET|PASSWORD|CREDENTIALS?)(_|$)", re.I)
@@ -86,6 +87,10 @@ def test_launcher_config_passes_ray_up_validation(path):
     assert re.search(r"^gpu = \[", PYPROJECT, re.M)
     for cmds in (prepared["head_setup_commands"], prepared["worker_setup_commands"]):
         assert any(re.search(r"pip install .*selfcorrect\[gpu\]", c) for c in cmds), cmds
+    # run_dir's shared file system: mounted on the host, then into the container.
+    shared = SHARED.rstrip("/")
+    assert any("mount" in c and f" {shared})" in c for c in prepared["initialization_commands"])
+    assert f"-v {shared}:{shared}" in prepared["docker"]["run_options"]
     # Ray's images at the version the project pins: driver, workers and cluster agree.
     images = [v for k, v in prepared["docker"].items() if k.endswith("image")]
     assert images and all(i.startswith(f"rayproject/ray:{ray_pin()}-") for i in images), images
@@ -237,27 +242,28 @@ def project_problems(doc: dict[str, Any]) -> list[str]:
         problems.append(f"rayVersion: {cluster.get('rayVersion')!r}, the project pins ray=={ray_pin()}")
     gpu_groups = 0
     for name, pod, group in pods(cluster):
+        gpus = 0
         for c in pod["containers"]:
             if not c.get("image"):
                 problems.append(f"{name}/{c['name']}: no image")
             resources = c.get("resources", {})
-            gpus = resources.get("limits", {}).get("nvidia.com/gpu")
-            if group is None and gpus:
-                problems.append(f"{name}/{c['name']}: the head asks for GPUs")
-            if gpus is not None and resources.get("requests", {}).get("nvidia.com/gpu", gpus) != gpus:
+            limit = resources.get("limits", {}).get("nvidia.com/gpu")
+            if limit is not None and resources.get("requests", {}).get("nvidia.com/gpu", limit) != limit:
                 problems.append(f"{name}/{c['name']}: GPU requests must equal limits")
+            gpus += int(limit or 0)
             for env in c.get("env", []):
                 if SECRET_NAME.search(env["name"]) and "value" in env:
                     problems.append(f"{name}/{c['name']}: {env['name']} inline; use valueFrom.secretKeyRef")
-            if gpus and group is not None:
-                gpu_groups += 1
-                if group.get("minReplicas") != 0:
-                    problems.append(f"{name}: GPU pods must scale from zero (minReplicas 0)")
-                if not group.get("maxReplicas", 0) >= 1:
-                    problems.append(f"{name}: maxReplicas must allow a GPU pod")
-        if group is not None and "gpu" in name.lower() and not any(
-            c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu") for c in pod["containers"]
-        ):
+        if group is None:
+            if gpus:
+                problems.append("head: asks for GPUs; the head is a CPU pod")
+        elif gpus:
+            gpu_groups += 1
+            if group["minReplicas"] != 0:
+                problems.append(f"{name}: GPU pods must scale from zero (minReplicas 0)")
+            if group["maxReplicas"] < 1:
+                problems.append(f"{name}: maxReplicas must allow a GPU pod")
+        elif "gpu" in name.lower():
             problems.append(f"{name}: a GPU group without nvidia.com/gpu limits")
     if not gpu_groups:
         problems.append("no worker group requests nvidia.com/gpu")
@@ -286,7 +292,7 @@ def rayjob_problems(doc: dict[str, Any]) -> list[str]:
         else:
             if not any(o.startswith("run_dir=/") for o in overrides):
                 problems.append("entrypoint: run_dir=/ABSOLUTE/shared/path missing (a retry resumes from it)")
-            elif not loaded.run_dir.startswith("/mnt/shared/"):
+            elif not loaded.run_dir.startswith(SHARED):
                 problems.append(f"entrypoint: run_dir {loaded.run_dir} is not on the shared claim")
     try:
         env = yaml.safe_load(spec.get("runtimeEnvYAML", "")) or {}
