@@ -305,10 +305,16 @@ class RolloutClient:
         self.pending: dict[int, tuple[list[Any], int, list[list[dict[str, Any]]], dict[str, Any]]] = {}
         self._nccl: Any = None
         self.restarts = 0
+        self.pids: list[int | None] = [None] * len(actors)
+        for actor in actors:
+            self._wait_ready(actor)
 
     # --- weights -----------------------------------------------------------------------------
     def sync_weights(self, model: Any, version: int, actors: list[Any] | None = None) -> dict[str, Any]:
-        """Send the policy at ``version`` to ``actors`` (default: all); returns seconds and bytes."""
+        """Send the policy at ``version`` to ``actors`` (default: all); returns seconds and bytes.
+
+        An engine that dies meanwhile is waited for (Ray restarts it) and sent the weights again.
+        """
         import ray
         import safetensors.torch
 
@@ -321,13 +327,33 @@ class RolloutClient:
             state, config = adapter_payload(model)
             blob = safetensors.torch.save(state)
             ref = ray.put(blob)
-            calls = [a.load_adapter.remote(ref, config, version) for a in actors]
+
+            def send(a: Any) -> Any:
+                return a.load_adapter.remote(ref, config, version)
         else:
             blob = safetensors.torch.save(merged_state_dict(model))
             ref = ray.put(blob)
-            calls = [a.load_blob.remote(ref, version) for a in actors]
-        ray.get(calls, timeout=self.timeout_s)
+
+            def send(a: Any) -> Any:
+                return a.load_blob.remote(ref, version)
+
+        calls = [(a, send(a)) for a in actors]
+        for actor, call in calls:
+            while True:
+                try:
+                    ray.get(call, timeout=self.timeout_s)
+                    break
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+                    self._lost(actor, e)
+                    call = send(actor)
         return {"seconds": time.perf_counter() - started, "bytes": len(blob)}
+
+    def _lost(self, actor: Any, error: BaseException) -> None:
+        """An engine actor died (or is restarting): wait until Ray has it back, at version 0."""
+        self.restarts += 1
+        i = self.actors.index(actor)
+        print(f"[score] rollout actor {i} lost ({type(error).__name__}); waiting for its restart", flush=True)
+        self._wait_ready(actor)
 
     def _nccl_send(self, model: Any, version: int, actors: list[Any]) -> None:
         """vLLM's NCCL weight transfer, bounded by the timeout (a raw NCCL collective has none)."""
@@ -386,11 +412,8 @@ class RolloutClient:
                     out = ray.get(ref, timeout=self.timeout_s)
                 except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
                     # the engine (or its actor) died mid-batch: Ray restarts it at version 0
-                    self.restarts += 1
                     redone += 1
-                    print(f"[score] rollout actor {i} lost ({type(e).__name__}); waiting for its restart",
-                          flush=True)  # fmt: skip
-                    self._wait_ready(actor)
+                    self._lost(actor, e)
                     out = {"stale": 0}
                 if "stale" in out:
                     if version != version_now:
@@ -413,7 +436,8 @@ class RolloutClient:
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:
-                ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                info = ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                self.pids[self.actors.index(actor)] = info["pid"]
                 return
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
                 if time.monotonic() > deadline:

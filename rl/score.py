@@ -485,13 +485,15 @@ def score_loop(c: dict[str, Any]) -> None:
                 **numbers, "loss": numbers["pg_loss"], "policy_lag": batch["lag"], "version": state["version"],
                 "rollout_seconds": ro["seconds"], "rollout_tokens": ro["tokens"],
                 "rollout_tokens_per_s": ro["tokens"] / ro["seconds"] if ro["seconds"] else 0.0,
-                "rollouts_redone": ro["redone"], "judge_seconds": ro["judge_seconds"], "logp_mismatch": ro["mismatch"],
+                "rollouts_redone": ro["redone"], "engine_restarts": client.restarts,
+                "judge_seconds": ro["judge_seconds"], "logp_mismatch": ro["mismatch"],
                 "train_seconds": train_seconds, "sync_seconds": sync["seconds"], "sync_bytes": sync["bytes"],
                 "step_seconds": time.perf_counter() - started, "learning_rate": t.lr,
             }  # fmt: skip
             if (step + 1) % t.log_every == 0 or step + 1 == total:
                 append_line(Path(c["metrics_file"]), record)
-            atomic_write_json(out / PROGRESS_FILE, {"step": step + 1, "max_steps": total, "pid": os.getpid()})
+            progress = {"step": step + 1, "max_steps": total, "pid": os.getpid(), "engine_pids": client.pids}
+            atomic_write_json(out / PROGRESS_FILE, progress)
         if (step + 1) % t.checkpoint_every == 0 and step + 1 < total:
             _report_checkpoint(rank, state, model, optimizer, best_weights)
     _finish(rank, state, model, best_weights, c, t)
@@ -522,7 +524,7 @@ def _finish(rank: int, state: dict[str, Any], model: Any, best: dict[str, torch.
     import ray.train
     from transformers import AutoTokenizer
 
-    kept = {"kept": "last", "kept_step": state["step"], "kept_reward": None}
+    kept = {"kept": "last", "kept_step": state["step"], "kept_reward": None, "version": state["version"]}
     metrics = {"final": 1, "step": state["step"], **kept}
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
