@@ -144,7 +144,15 @@ def main(argv: list[str] | None = None, *, release_output: bool = True) -> int:
             yaml.safe_dump(cfg.model_dump(), sys.stdout, sort_keys=False)
             return 0
         console.capture()
-        names = [n for n, s in STAGES.items() if s.in_run] if args.command == "run" else [args.command]
+        names = [args.command]
+        if args.command == "run":
+            names = []
+            for name, stage in STAGES.items():
+                reason = stage.skip_in_run(cfg) if stage.in_run and stage.skip_in_run else None
+                if reason:
+                    console.say(f"{name}: not part of this run ({reason})")
+                elif stage.in_run:
+                    names.append(name)
         _run_stages(cfg, [STAGES[n] for n in names], args.overwrite, console)
     except _input_errors() as e:
         console.say(f"error: {e}")

@@ -27,6 +27,7 @@ class Stage:
     needs_ray: bool = True
     in_run: bool = True  # part of `selfcorrect run`; otherwise only run by name
     always: bool = False  # cheap and derived from other stages' output: redone every time, never skipped
+    skip_in_run: Callable[[Config], str | None] | None = None  # why `selfcorrect run` leaves it out, if it does
 
     def output(self, cfg: Config) -> StageDir:
         return StageDir(cfg.stage_dir(self.name))
@@ -52,12 +53,20 @@ def _generate_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
     return run_generate(plan, StageDir(cfg.stage_dir("generate")), overwrite=overwrite)
 
 
+def _offline_data_unused(cfg: Config) -> str | None:
+    """SCoRe samples its own episodes on-policy: the offline generate -> judge -> build data is not used."""
+    if cfg.train.algorithm == "score":
+        return "SCoRe samples its own rollouts during train; run it by name to get the base model's samples"
+    return None
+
+
 register(
     Stage(
         "generate",
         "prompts -> samples with self-correction turns (RUN_DIR/generate/)",
         _generate_prepare,
         _generate_run,
+        skip_in_run=_offline_data_unused,
     )
 )
 
@@ -82,6 +91,7 @@ register(
         "samples -> the same rows with each judge's score, raw output and error columns (RUN_DIR/judge/)",
         _judge_prepare,
         _judge_run,
+        skip_in_run=_offline_data_unused,
     )
 )
 
@@ -121,6 +131,7 @@ register(
         _build_prepare,
         _build_run,
         needs_ray=False,
+        skip_in_run=_offline_data_unused,
     )
 )
 
@@ -149,11 +160,13 @@ register(
 
 def _train_prepare(cfg: Config) -> Any:
     """The model, the build's kind and size, and every sequence's length against train.max_length,
-    checked before Ray Train starts (``StageInputError``: exit 2)."""
+    checked before Ray Train starts (``StageInputError``: exit 2). SCoRe: its prompts, judge and sync."""
     from datagen.models import resolve_model
     from rl.train import check_data, train_fingerprint
 
     model_path = resolve_model(cfg.model, cfg.model_cache)
+    if cfg.train.algorithm == "score":
+        return _score_prepare(cfg, model_path)
     build_dir = StageDir(cfg.stage_dir("build"))
     # A finished train stage is only compared by fingerprint; with --overwrite, run_train checks the data.
     done = StageDir(cfg.stage_dir("train")).done()
@@ -161,7 +174,39 @@ def _train_prepare(cfg: Config) -> Any:
     return _Plan(train_fingerprint(cfg.train, model_path, build_dir), model_path, report=report)
 
 
+def _score_prepare(cfg: Config, model_path: str) -> Any:
+    from datagen.generate import check_lengths
+    from datagen.prompts import load_prompts
+    from rl.score import check_score, score_fingerprint
+
+    score = cfg.train.score
+    check_score(cfg.train, cfg.judges, model_path, cfg.generate)
+    prompts = load_prompts(cfg.prompts)
+    generate = cfg.generate.model_copy(update={"max_tokens": score.max_tokens or cfg.generate.max_tokens})
+    check_lengths(prompts, model_path, generate)
+    judge = cfg.judges[score.judge]
+    if judge.type == "openai" and judge.cache_dir is None:
+        judge = judge.model_copy(update={"cache_dir": str(Path(cfg.run_dir) / "judge_cache" / f"score_{score.judge}")})
+    fingerprint = score_fingerprint(cfg.train, model_path, prompts, score.judge, judge, generate)
+    return _Plan(fingerprint, model_path, settings={"prompts": prompts, "generate": generate, "judge": judge})
+
+
 def _train_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
+    if cfg.train.algorithm == "score":
+        from rl.score import run_score
+
+        return run_score(
+            cfg.train,
+            plan.model_path,
+            cfg.model,
+            plan.settings["prompts"],
+            plan.settings["generate"],
+            cfg.train.score.judge,
+            plan.settings["judge"],
+            cfg.stage_dir("train"),
+            overwrite,
+            seed=cfg.seed,
+        )
     from rl.train import run_train
 
     build_dir = StageDir(cfg.stage_dir("build"))
@@ -171,7 +216,7 @@ def _train_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
 register(
     Stage(
         "train",
-        "DPO or SFT on Ray Train with LoRA; checkpoints, resume, final model in RUN_DIR/train/model",
+        "DPO, SFT or SCoRe on Ray Train with LoRA; checkpoints, resume, final model in RUN_DIR/train/model",
         _train_prepare,
         _train_run,
     )

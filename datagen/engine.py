@@ -57,12 +57,20 @@ def engine_env(engine: EngineConfig) -> dict[str, str]:
 class VLLMEngine:
     """One ``vllm.LLM`` that completes ``Request`` batches (the policy, or a vLLM teacher)."""
 
-    def __init__(self, model_path: str, engine: EngineConfig, cfg: GenerateConfig, seed: int, max_tokens: int):
+    def __init__(
+        self,
+        model_path: str,
+        engine: EngineConfig,
+        cfg: GenerateConfig,
+        seed: int,
+        max_tokens: int,
+        extra_kwargs: dict[str, Any] | None = None,
+    ):
         from vllm import LLM
 
         self.cfg = cfg
         self.max_tokens = max_tokens
-        self.llm = LLM(**engine_kwargs(engine, model_path, seed))
+        self.llm = LLM(**{**engine_kwargs(engine, model_path, seed), **(extra_kwargs or {})})
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.closing = False
@@ -146,12 +154,12 @@ class VLLMEngine:
 
         threading.Thread(target=watch, name="engine-watchdog", daemon=True).start()
 
-    def _generate(self, prompts: list[dict[str, Any]], params: list[Any]) -> list[Any]:
+    def _generate(self, prompts: list[dict[str, Any]], params: list[Any], lora_request: Any = None) -> list[Any]:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         started = time.perf_counter()
         try:
-            return self.llm.generate(prompts, params, use_tqdm=False)
+            return self.llm.generate(prompts, params, use_tqdm=False, lora_request=lora_request)
         except EngineDeadError:
             # Raised rather than hung: end the actor the same way the watchdog does, so Ray
             # treats it as a lost actor (restart, retry) and not as a failed shard.

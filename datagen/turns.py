@@ -180,7 +180,7 @@ def derive_seed(seed: int, prompt_id: str, turn: str, sample_idx: int = -1) -> i
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def _base(prompt: Prompt, cfg: GenerateConfig) -> list[dict[str, str]]:
+def base_conversation(prompt: Prompt, cfg: GenerateConfig) -> list[dict[str, str]]:
     system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
     return system + list(prompt.messages)
 
@@ -215,7 +215,7 @@ def _sampling_record(cfg: GenerateConfig, model: str) -> str:
     return json.dumps(extra, sort_keys=True)
 
 
-def _row(prompt: Prompt, idx: int, cfg: GenerateConfig, model: str, seed: int) -> dict[str, Any]:
+def sample_row(prompt: Prompt, idx: int, cfg: GenerateConfig, model: str, seed: int) -> dict[str, Any]:
     return {
         "prompt_id": prompt.prompt_id,
         "sample_idx": idx,
@@ -249,7 +249,7 @@ def _first_attempts(
     """Attempt 1 for every prompt: n samples from one request (SIMA: one greedy request besides)."""
     requests: list[Request] = []
     for p in prompts:
-        conv = _base(p, cfg)
+        conv = base_conversation(p, cfg)
         if cfg.mode == "sima":
             requests.append(Request(conv, 1, 0.0, derive_seed(seed, p.prompt_id, "greedy")))
             requests.append(Request(conv, cfg.n - 1, cfg.temperature, derive_seed(seed, p.prompt_id, "a1")))
@@ -284,14 +284,14 @@ def generate_rows(
     rows: list[dict[str, Any]] = []
     for p, outs in zip(prompts, firsts, strict=True):
         for idx, out in enumerate(outs):
-            row = _row(p, idx, cfg, model, seed)
+            row = sample_row(p, idx, cfg, model, seed)
             row.update(
                 attempt1=out.text,
                 attempt1_tokens=out.tokens,
                 attempt1_finish=out.finish,
                 greedy=cfg.mode == "sima" and idx == 0,
                 generated_tokens=out.tokens,
-                conversation=_base(p, cfg) + _turns(("assistant", out.text)),
+                conversation=base_conversation(p, cfg) + _turns(("assistant", out.text)),
             )
             rows.append(row)
     second_t = cfg.temperature if cfg.second_temperature is None else cfg.second_temperature
@@ -457,13 +457,16 @@ def _selfee_chains(
     rows: list[dict[str, Any]] = []
     texts: dict[int, str] = {}
     firsts = complete(
-        [Request(_base(p, cfg), cfg.n, cfg.temperature, derive_seed(seed, p.prompt_id, "a1"), stops) for p in prompts]
+        [
+            Request(base_conversation(p, cfg), cfg.n, cfg.temperature, derive_seed(seed, p.prompt_id, "a1"), stops)
+            for p in prompts
+        ]
     )
     pending: list[tuple[dict[str, Any], Completion]] = []
     for p, outs in zip(prompts, firsts, strict=True):
         for idx, out in enumerate(outs):
-            row = _row(p, idx, cfg, model, seed)
-            row.update(attempt1_tokens=out.tokens, conversation=_base(p, cfg))
+            row = sample_row(p, idx, cfg, model, seed)
+            row.update(attempt1_tokens=out.tokens, conversation=base_conversation(p, cfg))
             rows.append(row)
             texts[id(row)] = ""
             pending.append((row, out))

@@ -97,10 +97,85 @@ class SftFirstConfig(Strict):
     grad_accum: int | None = Field(None, ge=1, description="micro-batches per step (default: train.grad_accum)")
 
 
-class TrainConfig(Strict):
-    """DPO or SFT on Ray Train."""
+class SeedShapingConfig(Strict):
+    """The SCoRe seed's attempt-2 reward: improved, partially improved, or not improved (see rl.score_math)."""
 
-    algorithm: Literal["dpo", "sft"] = Field("dpo", description="dpo: preference pairs; sft: messages")
+    improved: float = 1.0
+    partial: float = 0.5
+    unchanged: float = -1.0
+
+
+class ScoreConfig(Strict):
+    """SCoRe (Kumar et al. 2024, arXiv 2409.12917): two-stage multi-turn RL on on-policy vLLM rollouts.
+
+    Defaults are the paper's (Table 5, MATH): temperature 1.0, alpha 10, beta1 0.01, beta2 0.1, gamma 0 (each
+    attempt its own reward), binary verifier rewards, the checkpoint with the best training reward kept.
+    """
+
+    stage1_steps: int = Field(50, ge=0, description="stage I: maximise r(y2), attempt 1 held near the base by beta2")
+    stage2_steps: int = Field(200, ge=0, description="stage II: maximise r(y1) + r(y2) + the shaping bonus")
+    prompts_per_step: int = Field(32, ge=1, description="prompts per update; each gives n episodes (the paper: "
+                                  "512 episodes per batch)")  # fmt: skip
+    n: int = Field(4, ge=1, description="episodes per prompt (attempt 1 -> correction -> attempt 2); RLOO needs >= 2")
+    temperature: float = Field(1.0, ge=0, description="both attempts (the paper: 1.0)")
+    max_tokens: int | None = Field(None, ge=1, description="new tokens per attempt (default: generate.max_tokens)")
+    review_prompt: str = Field("score", description="the correction instruction: 'score', 'scl' or your text")
+    judge: str = Field("verifier", description="the judge (a name under judges:) whose scores are the rewards")
+    alpha: float = Field(10.0, ge=0, description="stage II bonus alpha * (r(y2) - r(y1)) on attempt 2's reward")
+    beta1: float = Field(0.01, ge=0, description="KL weight on both attempts in stage II, and on attempt 2 in stage I")
+    beta2: float = Field(0.1, ge=0, description="stage I: KL weight on attempt 1 (strong: it stays near the base)")
+    shaping: Literal["bonus", "seed", "none"] = Field(
+        "bonus", description="bonus: the paper's alpha term; seed: the SCoRe seed's +1/0.5/-1; none: r(y2) alone"
+    )
+    seed_values: SeedShapingConfig = SeedShapingConfig()
+    baseline: Literal["rloo", "none"] = Field("rloo", description="rloo: leave-one-out mean of the prompt's episodes")
+    kl_estimator: Literal["k1", "k2", "k3", "low_var_kl"] = Field(
+        "k3", description="per-token KL(pi || pi_ref) estimate (Schulman 2020); low_var_kl: k3 clamped to [-10, 10]"
+    )
+    kl_in: Literal["loss", "reward"] = Field(
+        "loss", description="loss: beta * KL added to the loss; reward: beta * sum of k1 subtracted from the reward"
+    )
+    loss_agg: Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"] = Field(
+        "token_mean", description="how token terms become the loss of an attempt"
+    )
+    micro_batch: int = Field(4, ge=1, description="sequences per forward pass")
+    max_policy_lag: int = Field(1, ge=0, description="updates a rollout's weights may be behind the trainer's")
+    overlap: bool = Field(
+        False, description="sample the next batch while training on this one (needs max_policy_lag >= 1)"
+    )
+    rollout_actors: int = Field(1, ge=1, description="vLLM engines sampling rollouts (generate.engine settings each)")
+    weight_sync: Literal["auto", "blob", "adapter", "nccl"] = Field(
+        "auto",
+        description="blob: merged weights as safetensors bytes through the object store (CPU and GPU); adapter: "
+        "only the LoRA adapter, served with vLLM LoRA requests; nccl: vLLM's weight transfer over NCCL (GPU); "
+        "auto: nccl on GPU, blob on CPU",
+    )
+    sync_timeout_s: float = Field(600.0, gt=0, description="limit on one weight sync or engine restart")
+    keep: Literal["best", "last"] = Field("best", description="best: the weights with the best training reward")
+    select_window: int = Field(5, ge=1, description="steps over which the training reward is averaged for keep: best")
+
+    @model_validator(mode="after")
+    def _check(self) -> ScoreConfig:
+        if self.stage1_steps + self.stage2_steps == 0:
+            raise ValueError("stage1_steps + stage2_steps is 0: nothing to train")
+        if self.overlap and self.max_policy_lag < 1:
+            raise ValueError("overlap samples with weights one update old: it needs max_policy_lag >= 1")
+        if self.baseline == "rloo" and self.n < 2:
+            raise ValueError("baseline rloo needs n >= 2 episodes per prompt")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return self.stage1_steps + self.stage2_steps
+
+
+class TrainConfig(Strict):
+    """DPO, SFT or SCoRe on Ray Train."""
+
+    algorithm: Literal["dpo", "sft", "score"] = Field(
+        "dpo", description="dpo: preference pairs; sft: messages; score: SCoRe's on-policy RL (train.score)"
+    )
+    score: ScoreConfig = ScoreConfig()
     lora: LoraConfig = LoraConfig()
     beta: float = Field(0.1, gt=0, description="DPO: strength of the pull toward the reference model")
     sft_beta: float = Field(

@@ -595,6 +595,23 @@ def train_fingerprint(cfg: TrainConfig, model_path: str, build_dir: StageDir) ->
     return {"train": cfg.model_dump(mode="json"), "model": model_path, "build": build}
 
 
+def publish_final(checkpoint: Any, out: Path) -> dict[str, Any]:
+    """Copy the final checkpoint's model, adapter and log into ``out`` (each replaced whole); its metrics."""
+    with checkpoint.as_directory() as final:
+        for name in ("model", "adapter", "log_history.json"):
+            src = Path(final) / name
+            if not src.exists():
+                continue
+            dst = out / name
+            tmp = out / f".{name}.partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp)
+            if dst.is_dir():
+                shutil.rmtree(dst)
+            os.replace(tmp, dst)
+        return json.loads((Path(final) / FINAL_MARKER).read_text())
+
+
 def run_train(
     cfg: TrainConfig,
     model_path: str,
@@ -659,19 +676,7 @@ def run_train(
         result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError("training ended without a final checkpoint")
-    with result.checkpoint.as_directory() as final:
-        for name in ("model", "adapter", "log_history.json"):
-            src = Path(final) / name
-            if not src.exists():
-                continue
-            dst = out.path / name
-            tmp = out.path / f".{name}.partial"
-            shutil.rmtree(tmp, ignore_errors=True)
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp)
-            if dst.is_dir():
-                shutil.rmtree(dst)
-            os.replace(tmp, dst)
-        metrics = json.loads((Path(final) / FINAL_MARKER).read_text())
+    metrics = publish_final(result.checkpoint, out.path)
     history = out.path / "log_history.json"
     if history.exists():
         write_step_metrics(json.loads(history.read_text()), out.path / METRICS_FILE)

@@ -1,0 +1,195 @@
+"""The maths of SCoRe's two-stage multi-turn RL, as pure functions.
+
+SCoRe (Kumar et al. 2024, "Training Language Models to Self-Correct via Reinforcement Learning",
+arXiv 2409.12917). An episode is a prompt x1, a first attempt y1 ~ pi(.|x1), the correction
+instruction, and a second attempt y2 ~ pi(.|x2), x2 = x1 + y1 + instruction. Each attempt gets its
+own reward (gamma = 0, Table 5), r(y) in [0, 1] from a judge (binary in the paper).
+
+- Stage I (eq. 3): max E[r(y2)] - beta2 * KL(pi(.|x1) || pi_ref(.|x1)), with the usual small beta1 KL on
+  attempt 2: attempt 1 earns no reward of its own and is held near the base model.
+- Stage II (eq. 4): max E[r(y1) + r(y2)] - beta1 * KL on both attempts, with the shaping bonus
+  alpha * (r(y2) - r(y1)) added to attempt 2's reward (Sec. 5.2), which pays for fixing a wrong
+  first attempt and charges for breaking a right one.
+
+Tensors here are per token, shape (sequences, tokens), with a 0/1 ``mask`` over each attempt's own
+tokens; ``logp`` and ``ref_logp`` are the log-probabilities of the sampled tokens under the policy
+and the reference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+KL_CLAMP = 10.0
+
+
+def shaped_rewards(
+    r1: Sequence[float],
+    r2: Sequence[float],
+    stage: int,
+    alpha: float,
+    shaping: str = "bonus",
+    seed_values: tuple[float, float, float] = (1.0, 0.5, -1.0),
+    r_max: float = 1.0,
+) -> tuple[list[float], list[float]]:
+    """The rewards (R1, R2) the policy gradient uses for attempts 1 and 2 of each episode.
+
+    Stage I: R1 = 0, R2 = r(y2) (eq. 3: attempt 1 has only its KL term).
+    Stage II, ``shaping="bonus"``: R1 = r(y1), R2 = r(y2) + alpha * (r(y2) - r(y1)) (Sec. 5.2).
+    Stage II, ``shaping="none"``: R1 = r(y1), R2 = r(y2).
+    Stage II, ``shaping="seed"`` (the SCoRe seed's variant; ``seed_values`` = (improved, partial,
+    unchanged)): R2 = improved when r(y2) > r(y1) and r(y2) reaches ``r_max``; partial when r(y2) > r(y1)
+    otherwise; unchanged when r(y2) <= r(y1) and r(y2) < r_max; 0 when both attempts are right (the seed
+    penalises "incorrect or unchanged" answers; a right answer kept right is neither, and charging it
+    would teach the model to change right answers).
+
+    >>> shaped_rewards([0, 1], [1, 0], stage=2, alpha=10)
+    ([0.0, 1.0], [11.0, -10.0])
+    """
+    if len(r1) != len(r2):
+        raise ValueError("r1 and r2 must have one value per episode")
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, not {stage}")
+    if stage == 1:
+        return [0.0] * len(r1), [float(b) for b in r2]
+    out1 = [float(a) for a in r1]
+    if shaping == "bonus":
+        return out1, [b + alpha * (b - a) for a, b in zip(out1, map(float, r2), strict=True)]
+    if shaping == "none":
+        return out1, [float(b) for b in r2]
+    if shaping != "seed":
+        raise ValueError(f"unknown shaping {shaping!r}")
+    improved, partial, unchanged = seed_values
+    out2 = []
+    for a, b in zip(out1, map(float, r2), strict=True):
+        if b > a:
+            out2.append(improved if b >= r_max else partial)
+        elif b >= r_max:
+            out2.append(0.0)
+        else:
+            out2.append(unchanged)
+    return out1, out2
+
+
+def rloo_advantages(rewards: Sequence[float], groups: Sequence[str], baseline: str = "rloo") -> list[float]:
+    """A_i = R_i - mean of the other episodes' R of the same prompt (RLOO, Ahmadian et al. 2024).
+
+    A prompt with a single episode gets A = R (no baseline to take). ``baseline="none"``: A = R.
+
+    >>> rloo_advantages([1.0, 0.0, 0.0, 0.0], ["a", "a", "b", "b"])
+    [1.0, -1.0, 0.0, 0.0]
+    """
+    if baseline == "none":
+        return [float(r) for r in rewards]
+    if baseline != "rloo":
+        raise ValueError(f"unknown baseline {baseline!r}")
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for r, g in zip(rewards, groups, strict=True):
+        sums[g] = sums.get(g, 0.0) + float(r)
+        counts[g] = counts.get(g, 0) + 1
+    out = []
+    for r, g in zip(rewards, groups, strict=True):
+        k = counts[g]
+        out.append(float(r) - (sums[g] - float(r)) / (k - 1) if k > 1 else float(r))
+    return out
+
+
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    """Per-token estimates of KL(pi || pi_ref) at tokens sampled from pi (Schulman 2020, "Approximating KL").
+
+    With d = logp - ref_logp: k1 = d; k2 = d^2 / 2; k3 = exp(-d) - 1 + d (unbiased, never negative);
+    low_var_kl = k3 clamped to [-10, 10] (as veRL).
+    """
+    d = logp - ref_logp
+    if estimator == "k1":
+        return d
+    if estimator == "k2":
+        return 0.5 * d * d
+    if estimator in ("k3", "low_var_kl"):
+        k3 = torch.exp(-d) - 1 + d
+        return k3.clamp(-KL_CLAMP, KL_CLAMP) if estimator == "low_var_kl" else k3
+    raise ValueError(f"unknown KL estimator {estimator!r}")
+
+
+def aggregate(values: torch.Tensor, mask: torch.Tensor, agg: str, denominator: float) -> torch.Tensor:
+    """Token terms of one attempt -> a scalar, as part of a batch of ``denominator`` tokens or sequences.
+
+    token_mean: sum over every token / ``denominator`` (the batch's token count); seq_mean_token_sum:
+    sum over each sequence's tokens, / ``denominator`` (the batch's sequence count); seq_mean_token_mean:
+    each sequence's token mean, summed, / ``denominator`` (sequences). Passing the whole batch's
+    denominator lets micro-batches (and workers) add up to the batch's loss.
+    """
+    masked = values * mask
+    if agg == "token_mean" or agg == "seq_mean_token_sum":
+        return masked.sum() / denominator
+    if agg == "seq_mean_token_mean":
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / denominator
+    raise ValueError(f"unknown loss aggregation {agg!r}")
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    beta: float,
+    *,
+    estimator: str = "k3",
+    kl_in_loss: bool = True,
+    agg: str = "token_mean",
+    denominator: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """REINFORCE with a per-attempt reward (gamma = 0) and a KL term: (loss, pg part, KL part).
+
+    loss = agg(-A_i * logp_it) + beta * agg(KL_it)   with the KL term only when ``kl_in_loss``
+    (otherwise the KL is already in the reward, see ``kl_penalty``). ``advantages`` has one value per
+    sequence. The gradient of -A * logp is the score-function estimator of -E[A].
+    """
+    pg = aggregate(-advantages[:, None] * logp, mask, agg, denominator)
+    kl = aggregate(kl_estimate(logp, ref_logp, estimator), mask, agg, denominator)
+    loss = pg + beta * kl if kl_in_loss and beta else pg
+    return loss, pg, kl
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence sum of k1 = logp - ref_logp: the KL that ``kl_in: reward`` subtracts, times beta,
+    from each attempt's reward (the usual RLHF reward penalty)."""
+    return ((logp - ref_logp) * mask).sum(-1)
+
+
+def check_lag(batch_version: int, trainer_version: int, max_lag: int) -> int:
+    """The policy lag of a batch: how many updates older its weights are than the trainer's.
+
+    Raises ``StaleBatchError`` when over ``max_lag`` (or from the future, which means a mix-up).
+    """
+    lag = trainer_version - batch_version
+    if lag < 0 or lag > max_lag:
+        raise StaleBatchError(
+            f"a rollout batch made with weights version {batch_version} reached the trainer at version "
+            f"{trainer_version}: lag {lag}, allowed 0..{max_lag} (train.score.max_policy_lag)"
+        )
+    return lag
+
+
+class StaleBatchError(RuntimeError):
+    pass
+
+
+def reward_from_score(score: float | None, scale: tuple[float, float] | None) -> float | None:
+    """A judge's score as a reward in [0, 1] (its known scale mapped linearly), or None when unusable.
+
+    NaN, a missing score or one outside the judge's scale gives None: the episode is left out of the
+    update and counted, never trained on.
+    """
+    if score is None or not isinstance(score, (int, float)) or math.isnan(score) or math.isinf(score):
+        return None
+    if scale is None:
+        return float(score)
+    low, high = scale
+    if not low <= score <= high:
+        return None
+    return (float(score) - low) / (high - low)
