@@ -140,7 +140,11 @@ def step_prompts(num_prompts: int, per_step: int, step: int, seed: int) -> list[
 
 
 def _token_logprobs(model: Any, seqs: list[tuple[list[int], list[int]]], pad_id: int, device: Any, entropy: bool):
-    """Log-probabilities of each completion's tokens given its prompt: (logp, mask[, entropy]), (B, L-1)."""
+    """Log-probabilities of each completion's tokens given its prompt: (logp, mask, entropy or None), (B, L-1).
+
+    The LM head runs only at the positions that predict completion tokens: a prompt's logits over the
+    vocabulary are never needed, and they are most of the cost (and memory) for a long second-turn prompt.
+    """
     length = max(len(x) + len(y) for x, y in seqs)
     ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), length), dtype=torch.long)
@@ -150,15 +154,19 @@ def _token_logprobs(model: Any, seqs: list[tuple[list[int], list[int]]], pad_id:
         attn[i, : len(x) + len(y)] = 1
         mask[i, len(x) - 1 : len(x) + len(y) - 1] = 1.0  # positions that predict y's tokens
     ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-    targets = ids[:, 1:]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
+    where = mask.bool()
+    logits = base.get_output_embeddings()(hidden[where]).float()  # (completion tokens, vocab)
     lse = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(-1, targets[..., None]).squeeze(-1) - lse
+    picked = logits.gather(-1, ids[:, 1:][where][:, None]).squeeze(-1) - lse
+    logp = torch.zeros(mask.shape, dtype=picked.dtype, device=device).masked_scatter(where, picked)
     ent = None
     if entropy:
         with torch.no_grad():
             probs = torch.softmax(logits.detach(), dim=-1)
-            ent = lse.detach() - (probs * logits.detach()).sum(-1)
+            token_ent = lse.detach() - (probs * logits.detach()).sum(-1)
+            ent = torch.zeros(mask.shape, device=device).masked_scatter(where, token_ent)
     return logp, mask, ent
 
 
@@ -375,7 +383,7 @@ def score_loop(c: dict[str, Any]) -> None:
     s = t.score
     use_cpu = not torch.cuda.is_available()
     if use_cpu:
-        torch.set_num_threads(max(1, int(t.cpus_per_worker)))
+        torch.set_num_threads(max(1, math.ceil(t.cpus_per_worker)))
     device = ray.train.torch.get_device()
     torch.manual_seed(t.seed)
     tokenizer = AutoTokenizer.from_pretrained(c["model_path"])
