@@ -50,3 +50,13 @@ def test_run_leaves_out_the_offline_stages(tmp_path, tiny_model_dir, capsys):
     for stage in ("generate", "judge", "build"):
         assert f"{stage}: not part of this run" in out
     assert not (tmp_path / "run" / "generate").exists()
+
+
+def test_eval_of_a_score_run_asks_with_the_score_instruction(tmp_path, tiny_model_dir):
+    from cluster.config import load_config
+    from cluster.stages import STAGES
+    from datagen.config import REVIEW_PROMPTS
+
+    cfg = load_config(ROOT / "configs/score_quickstart.yaml", [f"run_dir={tmp_path}", f"model={tiny_model_dir}"])
+    plan = STAGES["eval"].prepare(cfg)
+    assert plan.models[0].generate.cfg.review_text() == REVIEW_PROMPTS["score"]
