@@ -680,6 +680,10 @@ def run_score(
         with _step_bar(out.path / PROGRESS_FILE):
             result = trainer.fit()
     finally:
+        try:
+            ray.get([a.close.remote() for a in actors], timeout=60)
+        except Exception:  # a dead or stuck engine: killing the actor below is enough
+            pass
         for a in actors:
             ray.kill(a)
         for pg in groups:
