@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from test_score import _cli, _config
 
 pytestmark = pytest.mark.gpu
