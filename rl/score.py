@@ -57,7 +57,7 @@ from rl.score_math import (
     rloo_advantages,
     shaped_rewards,
 )
-from rl.train import FINAL_MARKER, METRICS_FILE, PROGRESS_FILE, RUN_NAME, _peft_config, _step_bar, append_line
+from rl.train import FINAL_MARKER, METRICS_FILE, PROGRESS_FILE, _peft_config, _step_bar, append_line
 
 ROLLOUT_DIR = "rollouts"
 STATE_FILE = "state.json"
@@ -632,11 +632,9 @@ def run_score(
     A finished run is kept; a stopped one resumes from its last checkpoint.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.util.placement_group import remove_placement_group
 
-    from rl.train import publish_final
+    from rl.train import make_trainer, publish_final
 
     out = StageDir(out_dir)
     fingerprint = score_fingerprint(cfg, model_path, prompts, judge_name, judge, generate)
@@ -662,21 +660,7 @@ def run_score(
             "out_dir": str(out.path.resolve()),
             "metrics_file": str((out.path / METRICS_FILE).resolve()),
         }
-        trainer = TorchTrainer(
-            score_loop,
-            train_loop_config=loop_cfg,
-            scaling_config=ScalingConfig(
-                num_workers=cfg.num_workers,
-                use_gpu=cfg.use_gpu,
-                resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
-            ),
-            run_config=RunConfig(
-                name=RUN_NAME,
-                storage_path=str(out.path.resolve()),
-                failure_config=FailureConfig(max_failures=cfg.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            ),
-        )
+        trainer = make_trainer(score_loop, loop_cfg, cfg, out.path)
         with _step_bar(out.path / PROGRESS_FILE):
             result = trainer.fit()
     finally:
