@@ -226,13 +226,16 @@ register(
 def _eval_prepare(cfg: Config) -> Any:
     from rl.evaluate import plan_eval
 
+    generate = cfg.generate
+    if cfg.train.algorithm == "score":  # evaluated with the instruction it was trained to answer
+        generate = generate.model_copy(update={"review_prompt": cfg.train.score.review_prompt})
     return plan_eval(
         cfg.eval,
         run_dir=cfg.run_dir,
         model=cfg.model,
         model_cache=cfg.model_cache,
         seed=cfg.seed,
-        generate=cfg.generate,
+        generate=generate,
         train_prompts=cfg.prompts,
         judges=cfg.judges,
         pool=cfg.judge_pool,

@@ -262,7 +262,7 @@ def times_table(stages: dict[str, dict[str, Any]]) -> Table | None:
 def training_summary(train_log: list[dict[str, Any]]) -> str:
     last = train_log[-1]
     parts = [f"{len(train_log)} logged steps, last step {last['step']}"]
-    for key in ("loss", "rewards/margins", "rewards/accuracies"):
+    for key in ("loss", "rewards/margins", "rewards/accuracies", "reward_t1", "reward_t2", "kl_t1", "kl_t2"):
         if key in last:
             parts.append(f"final {key} {last[key]:.4g}")
     return "; ".join(parts) + "."

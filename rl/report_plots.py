@@ -12,7 +12,7 @@ from typing import Any
 TITLES = {
     "accuracy.png": "Accuracy at attempt 1 and attempt 2 (95% intervals)",
     "transitions.png": "From attempt 1 to attempt 2, per model (samples)",
-    "training.png": "Training: loss, DPO reward margin and rewards per optimizer step",
+    "training.png": "Training per optimizer step: loss, and DPO's reward margin and rewards or SCoRe's rewards and KL",
     "selfee.png": "SelFee: accuracy after K enforced revisions (95% intervals)",
 }
 T1, T2 = "#4c72b0", "#dd8452"
@@ -94,6 +94,8 @@ def plot_training(train_log: list[dict[str, Any]]) -> bytes | None:
         ("loss", [("loss", "loss", "#333333")]),
         ("DPO reward margin", [("rewards/margins", "chosen − rejected", "#55a868")]),
         ("DPO rewards", [("rewards/chosen", "chosen", T1), ("rewards/rejected", "rejected", "#c44e52")]),
+        ("SCoRe training reward", [("reward_t1", "attempt 1", T1), ("reward_t2", "attempt 2", T2)]),
+        ("SCoRe KL to the reference", [("kl_t1", "attempt 1", T1), ("kl_t2", "attempt 2", T2)]),
     ]
     panels = [(t, [s for s in series if any(s[0] in r for r in train_log)]) for t, series in panels]
     panels = [(t, series) for t, series in panels if series]

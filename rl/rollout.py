@@ -88,6 +88,11 @@ class RolloutWorker:
         self.adapter_dir = tempfile.mkdtemp(prefix="selfcorrect-adapter-")
         self.max_tokens = max_tokens
 
+    def close(self) -> None:
+        """Stop the engine's processes now, before the actor is killed."""
+        self.engine.close()
+        shutil.rmtree(self.adapter_dir, ignore_errors=True)
+
     def ready(self) -> dict[str, Any]:
         return {"version": self.version, "pid": os.getpid(), "node": _node_ip()}
 

@@ -57,7 +57,7 @@ from rl.score_math import (
     rloo_advantages,
     shaped_rewards,
 )
-from rl.train import FINAL_MARKER, METRICS_FILE, PROGRESS_FILE, RUN_NAME, _peft_config, _step_bar, append_line
+from rl.train import FINAL_MARKER, METRICS_FILE, PROGRESS_FILE, _peft_config, _step_bar, append_line
 
 ROLLOUT_DIR = "rollouts"
 STATE_FILE = "state.json"
@@ -140,7 +140,11 @@ def step_prompts(num_prompts: int, per_step: int, step: int, seed: int) -> list[
 
 
 def _token_logprobs(model: Any, seqs: list[tuple[list[int], list[int]]], pad_id: int, device: Any, entropy: bool):
-    """Log-probabilities of each completion's tokens given its prompt: (logp, mask[, entropy]), (B, L-1)."""
+    """Log-probabilities of each completion's tokens given its prompt: (logp, mask, entropy or None), (B, L-1).
+
+    The LM head runs only at the positions that predict completion tokens: a prompt's logits over the
+    vocabulary are never needed, and they are most of the cost (and memory) for a long second-turn prompt.
+    """
     length = max(len(x) + len(y) for x, y in seqs)
     ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), length), dtype=torch.long)
@@ -150,15 +154,19 @@ def _token_logprobs(model: Any, seqs: list[tuple[list[int], list[int]]], pad_id:
         attn[i, : len(x) + len(y)] = 1
         mask[i, len(x) - 1 : len(x) + len(y) - 1] = 1.0  # positions that predict y's tokens
     ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-    targets = ids[:, 1:]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
+    where = mask.bool()
+    logits = base.get_output_embeddings()(hidden[where]).float()  # (completion tokens, vocab)
     lse = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(-1, targets[..., None]).squeeze(-1) - lse
+    picked = logits.gather(-1, ids[:, 1:][where][:, None]).squeeze(-1) - lse
+    logp = torch.zeros(mask.shape, dtype=picked.dtype, device=device).masked_scatter(where, picked)
     ent = None
     if entropy:
         with torch.no_grad():
             probs = torch.softmax(logits.detach(), dim=-1)
-            ent = lse.detach() - (probs * logits.detach()).sum(-1)
+            token_ent = lse.detach() - (probs * logits.detach()).sum(-1)
+            ent = torch.zeros(mask.shape, device=device).masked_scatter(where, token_ent)
     return logp, mask, ent
 
 
@@ -375,7 +383,7 @@ def score_loop(c: dict[str, Any]) -> None:
     s = t.score
     use_cpu = not torch.cuda.is_available()
     if use_cpu:
-        torch.set_num_threads(max(1, int(t.cpus_per_worker)))
+        torch.set_num_threads(max(1, math.ceil(t.cpus_per_worker)))
     device = ray.train.torch.get_device()
     torch.manual_seed(t.seed)
     tokenizer = AutoTokenizer.from_pretrained(c["model_path"])
@@ -624,11 +632,9 @@ def run_score(
     A finished run is kept; a stopped one resumes from its last checkpoint.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.util.placement_group import remove_placement_group
 
-    from rl.train import publish_final
+    from rl.train import make_trainer, publish_final
 
     out = StageDir(out_dir)
     fingerprint = score_fingerprint(cfg, model_path, prompts, judge_name, judge, generate)
@@ -654,24 +660,14 @@ def run_score(
             "out_dir": str(out.path.resolve()),
             "metrics_file": str((out.path / METRICS_FILE).resolve()),
         }
-        trainer = TorchTrainer(
-            score_loop,
-            train_loop_config=loop_cfg,
-            scaling_config=ScalingConfig(
-                num_workers=cfg.num_workers,
-                use_gpu=cfg.use_gpu,
-                resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
-            ),
-            run_config=RunConfig(
-                name=RUN_NAME,
-                storage_path=str(out.path.resolve()),
-                failure_config=FailureConfig(max_failures=cfg.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            ),
-        )
+        trainer = make_trainer(score_loop, loop_cfg, cfg, out.path)
         with _step_bar(out.path / PROGRESS_FILE):
             result = trainer.fit()
     finally:
+        try:
+            ray.get([a.close.remote() for a in actors], timeout=60)
+        except Exception:  # a dead or stuck engine: killing the actor below is enough
+            pass
         for a in actors:
             ray.kill(a)
         for pg in groups:

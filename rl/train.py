@@ -595,6 +595,31 @@ def train_fingerprint(cfg: TrainConfig, model_path: str, build_dir: StageDir) ->
     return {"train": cfg.model_dump(mode="json"), "model": model_path, "build": build}
 
 
+def make_trainer(loop: Any, loop_cfg: dict[str, Any], cfg: TrainConfig, storage: Path) -> Any:
+    """A ``TorchTrainer`` running ``loop`` on ``cfg.num_workers`` workers, checkpoints under ``storage/ray``.
+
+    The same (storage, name) resumes a run whose driver died.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_cfg,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=str(storage.resolve()),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+    )
+
+
 def publish_final(checkpoint: Any, out: Path) -> dict[str, Any]:
     """Copy the final checkpoint's model, adapter and log into ``out`` (each replaced whole); its metrics."""
     with checkpoint.as_directory() as final:
@@ -628,9 +653,6 @@ def run_train(
     ``report`` is ``check_data``'s (computed here when not given). With ``sft_first`` the SFT run
     goes to ``out_dir/sft`` (resumable on its own) and DPO starts from ``out_dir/sft/model``.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     out = StageDir(out_dir)
     fingerprint = train_fingerprint(cfg, model_path, build_dir)
     if out.done() and not overwrite:
@@ -656,21 +678,7 @@ def run_train(
         "metrics_file": str((out.path / METRICS_FILE).resolve()),
         "callbacks": callbacks or [],
     }
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=loop_cfg,
-        scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=RUN_NAME,
-            storage_path=str(out.path.resolve()),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-        ),
-    )
+    trainer = make_trainer(train_loop, loop_cfg, cfg, out.path)
     start = time.perf_counter()
     with _step_bar(out.path / PROGRESS_FILE):
         result = trainer.fit()

@@ -220,3 +220,18 @@ def test_report_command_without_metrics_exits_2_naming_the_file(tmp_path, capsys
     assert main(["report", "configs/quickstart.yaml", f"run_dir={run}"]) == 2
     assert f"{run / 'eval' / 'metrics.json'}: not valid JSON (line 1)" in capsys.readouterr().err
     assert not (run / "report").exists()
+
+
+def test_score_training_log_is_plotted_and_summarised():
+    from rl.report import training_summary
+    from rl.report_plots import plot_training
+
+    log = [
+        {"step": s, "loss": 0.1 * s, "reward_t1": 0.1, "reward_t2": 0.05 * s, "kl_t1": 0.001 * s, "kl_t2": 0.002}
+        for s in range(1, 5)
+    ]
+    png = plot_training(log)
+    assert png is not None and png.startswith(PNG)
+    text = training_summary(log)
+    assert "final reward_t2 0.2" in text and "final kl_t1 0.004" in text
+    assert plot_training([{"step": 1, "learning_rate": 1e-4}]) is None  # nothing to draw

@@ -217,3 +217,24 @@ def test_flagged_episodes_are_left_out(tiny_model_dir):
     numbers = _step(model, eps, 2, 0.1)
     assert numbers["grad_norm"] == 0.0
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_completion_logprobs_equal_the_full_forward(tiny_model_dir):
+    """The LM head applied only where completion tokens are predicted gives the full forward's numbers."""
+    from transformers import AutoModelForCausalLM
+
+    from rl.score import _token_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    seqs = [([5, 6, 7], [8, 9]), ([10, 11], [12, 13, 14, 15])]
+    logp, mask, ent = _token_logprobs(model, seqs, 0, torch.device("cpu"), True)
+    for i, (x, y) in enumerate(seqs):
+        with torch.no_grad():
+            full = torch.log_softmax(model(input_ids=torch.tensor([x + y])).logits[0, :-1], -1)
+        want = [full[len(x) - 1 + k, tok].item() for k, tok in enumerate(y)]
+        got = logp[i][mask[i] > 0].tolist()
+        assert got == pytest.approx(want, abs=1e-5)
+        assert all(e > 0 for e in ent[i][mask[i] > 0].tolist())
+    assert mask.sum().item() == 6
+    logp.sum().backward()  # differentiable through the scatter
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
