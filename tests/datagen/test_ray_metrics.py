@@ -64,6 +64,7 @@ def test_grafana_dashboard_loads_and_names_only_defined_metrics():
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     defined = metrics.exported_names()
+    known_labels = {*metrics.TAG_KEYS, *(k for spec in metrics.SPECS.values() for k in spec.extra_tags), "le"}
     used = set()
     for panel in dashboard["panels"]:
         if panel["type"] == "row":
@@ -71,10 +72,17 @@ def test_grafana_dashboard_loads_and_names_only_defined_metrics():
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         assert panel["targets"] and all("gridPos" in panel and t["refId"] for t in panel["targets"])
         for target in panel["targets"]:
-            names = set(re.findall(r"\bray_\w+", target["expr"]))
-            assert names, target["expr"]
+            expr = target["expr"]
+            names = set(re.findall(r"\bray_\w+", expr))
+            assert names, expr
             assert names <= defined, (panel["title"], names - defined)
             used |= names
+            for open_, close in ("()", "{}", "[]"):
+                assert expr.count(open_) == expr.count(close), expr
+            # grouped and matched only by labels the metrics carry
+            labels = {x.strip() for group in re.findall(r"by \(([^)]*)\)", expr) for x in group.split(",")}
+            labels |= set(re.findall(r"(\w+)=~?\"", expr))
+            assert labels <= known_labels, (expr, labels - known_labels)
     # ... and every metric the code defines is on some panel.
     charted = {n.removeprefix("ray_").removesuffix("_total") for n in used}
     charted |= {re.sub(r"_(bucket|sum|count)$", "", n) for n in charted}
