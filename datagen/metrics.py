@@ -1,4 +1,4 @@
-"""The project's Ray metrics, defined once: shown on the Ray dashboard and exported to Prometheus.
+"""The project's Ray metrics, defined once, exported to Prometheus (and the Ray dashboard's Grafana panels).
 
 Every metric carries the tags ``stage`` (``generate``, ``judge``, ``eval/base/generate``, ``train``, ...)
 and ``run`` (the run directory's name), and some one more (``judge``, or ``name`` for a family of
@@ -9,8 +9,8 @@ bucket midpoint to ``_sum``, so a histogram's mean is approximate and its bucket
 
 The ``record_*`` functions are what the stages call. They create the Ray metric objects lazily,
 the first time a process records with Ray initialised; without Ray (a unit test, a plain script)
-they do nothing and cost a dictionary lookup. They never import ray themselves: a process that
-has not imported it cannot have initialised it.
+they do nothing and cost a dictionary lookup. They import nothing of Ray's until Ray is up: a
+process that has not imported ray cannot have initialised it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
-from typing import Any
+from typing import Any, Literal
 
 TAG_KEYS = ("stage", "run")
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
@@ -30,7 +30,7 @@ SYNC_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 
 @dataclass(frozen=True)
 class Spec:
-    kind: str  # counter, gauge or histogram
+    kind: Literal["counter", "gauge", "histogram"]  # the ray.util.metrics class
     description: str
     extra_tags: tuple[str, ...] = ()
     boundaries: tuple[float, ...] = ()
@@ -56,21 +56,14 @@ SPECS: dict[str, Spec] = {
     "selfcorrect_kl": Spec("gauge", "KL to the reference policy at the last step", ("name",)),
 }
 
+# the series Ray's Prometheus endpoint shows for a metric of each kind
+SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
 _made: dict[str, Any] = {}  # name -> the Ray metric object, once created in this process
 
 
 def exported_names() -> set[str]:
     """Every series name Ray's Prometheus endpoint shows for ``SPECS``."""
-    names = set()
-    for name, spec in SPECS.items():
-        full = f"ray_{name}"
-        if spec.kind == "counter":
-            names.add(f"{full}_total")
-        elif spec.kind == "histogram":
-            names.update(f"{full}_{s}" for s in ("bucket", "sum", "count"))
-        else:
-            names.add(full)
-    return names
+    return {f"ray_{name}{suffix}" for name, spec in SPECS.items() for suffix in SUFFIXES[spec.kind]}
 
 
 def run_name(run_dir: str | Path) -> str:
@@ -102,13 +95,9 @@ def _metric(name: str) -> Any:
         from ray.util import metrics as ray_metrics
 
         spec = SPECS[name]
-        keys = TAG_KEYS + spec.extra_tags
-        if spec.kind == "counter":
-            made = ray_metrics.Counter(name, spec.description, tag_keys=keys)
-        elif spec.kind == "gauge":
-            made = ray_metrics.Gauge(name, spec.description, tag_keys=keys)
-        else:
-            made = ray_metrics.Histogram(name, spec.description, boundaries=list(spec.boundaries), tag_keys=keys)
+        cls = getattr(ray_metrics, spec.kind.capitalize())
+        extra = {"boundaries": list(spec.boundaries)} if spec.boundaries else {}
+        made = cls(name, spec.description, tag_keys=TAG_KEYS + spec.extra_tags, **extra)
         _made[name] = made
     return made
 
