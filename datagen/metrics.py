@@ -80,7 +80,7 @@ def stage_tags(stage_dir: str | Path, run_dir: str | Path | None = None) -> dict
     stage_path = Path(stage_dir).expanduser().resolve()
     root = stage_path.parent if run_dir is None else Path(run_dir).expanduser().resolve()
     inside = stage_path.is_relative_to(root) and stage_path != root
-    return {"stage": stage_path.relative_to(root).as_posix() if inside else stage_path.name, "run": root.name}
+    return {"stage": stage_path.relative_to(root).as_posix() if inside else stage_path.name, "run": run_name(root)}
 
 
 def enabled() -> bool:
