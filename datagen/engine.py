@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from datagen import metrics
 from datagen.config import EngineConfig, GenerateConfig
 from datagen.models import resolve_model
 from datagen.records import SAMPLE_SCHEMA, Prompt
@@ -176,7 +177,9 @@ class GenerationWorker:
     ``teacher.answers: teacher``); its tokenizer still counts the prompt tokens.
     """
 
-    def __init__(self, model: str, model_cache: str, generate: dict[str, Any], seed: int):
+    def __init__(
+        self, model: str, model_cache: str, generate: dict[str, Any], seed: int, tags: dict[str, str] | None = None
+    ):
         started = time.perf_counter()
         self.cfg = GenerateConfig.model_validate(generate)
         self.model_name = model
@@ -203,7 +206,7 @@ class GenerationWorker:
         # import, model resolution and engine start: the one-time cost of an actor
         self.startup_seconds = time.perf_counter() - started
         self.ready_at = time.time()  # wall clock: comparable with the driver's
-        self._metrics = _Metrics(model) if _in_ray() else None
+        self.tags = tags or {"stage": "generate", "run": ""}  # the Ray metrics' tags
 
     def close(self) -> None:
         """Stop the engines' processes now rather than at interpreter exit."""
@@ -236,8 +239,7 @@ class GenerationWorker:
             row["prompt_tokens"] = prompt_tokens[row["prompt_id"]]
         seconds = time.perf_counter() - started
         tokens = sum(r["generated_tokens"] for r in rows)
-        if self._metrics is not None:
-            self._metrics.record(len(prompts), len(rows), tokens, seconds)
+        metrics.record_generate(self.tags, prompts=len(prompts), samples=len(rows), tokens=tokens, seconds=seconds)
         stats = {
             "prompts": len(prompts),
             "samples": len(rows),
@@ -253,30 +255,3 @@ class GenerationWorker:
             stats.update(self.teacher.stats.take())
         return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), stats
 
-
-def _in_ray() -> bool:
-    import ray
-
-    return ray.is_initialized()
-
-
-class _Metrics:
-    """Custom Ray metrics, shown on the dashboard and exported to Prometheus with a ``ray_`` prefix."""
-
-    def __init__(self, model: str):
-        from ray.util.metrics import Counter, Gauge
-
-        tags = {"model": model}
-        self.prompts = Counter("selfcorrect_generate_prompts", "prompts generated", tag_keys=("model",))
-        self.samples = Counter("selfcorrect_generate_samples", "sample rows generated", tag_keys=("model",))
-        self.tokens = Counter("selfcorrect_generate_tokens", "tokens generated", tag_keys=("model",))
-        self.rate = Gauge("selfcorrect_generate_tokens_per_s", "tokens/s of the last shard", tag_keys=("model",))
-        for m in (self.prompts, self.samples, self.tokens, self.rate):
-            m.set_default_tags(tags)
-
-    def record(self, prompts: int, samples: int, tokens: int, seconds: float) -> None:
-        self.prompts.inc(prompts)
-        self.samples.inc(samples)
-        if tokens:
-            self.tokens.inc(tokens)
-        self.rate.set(tokens / seconds if seconds > 0 else 0.0)

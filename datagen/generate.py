@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from datagen import metrics
 from datagen.config import TEACHER_PLACEMENT, GenerateConfig, PromptsConfig
 from datagen.engine import GenerationWorker, engine_env
 from datagen.models import resolve_model
@@ -93,8 +94,13 @@ def plan_generate(
     return GeneratePlan(prompts, model, model_path, model_cache, seed, cfg, json.loads(json.dumps(fingerprint)))
 
 
-def run_generate(plan: GeneratePlan, out: StageDir, overwrite: bool = False) -> dict[str, Any]:
-    """Generate every pending shard, then mark the stage done. Needs Ray initialised."""
+def run_generate(
+    plan: GeneratePlan, out: StageDir, overwrite: bool = False, tags: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Generate every pending shard, then mark the stage done. Needs Ray initialised.
+
+    ``tags`` label the stage's Ray metrics (``datagen.metrics.stage_tags``; default: from ``out``'s path).
+    """
     out.start(plan.fingerprint, overwrite=overwrite)
     shards = plan.shards()
     done = out.completed_shards()
@@ -117,6 +123,7 @@ def run_generate(plan: GeneratePlan, out: StageDir, overwrite: bool = False) -> 
             "model_cache": plan.model_cache,
             "generate": generate,
             "seed": plan.seed,
+            "tags": tags or metrics.stage_tags(out.path),
         },
         min_actors=engine.min_actors,
         max_actors=min(engine.max_actors, max(1, len(tasks))),

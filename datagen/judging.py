@@ -14,12 +14,12 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import fmean
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datagen import metrics
 from datagen.config import EngineConfig, JudgePoolConfig
 from datagen.engine import engine_env, engine_kwargs
 from datagen.models import resolve_model
@@ -141,58 +141,12 @@ def prompt_batches(rows: list[dict[str, Any]], size: int) -> list[list[int]]:
     return batches
 
 
-class _JudgeMetrics:
-    """Ray metrics per judge: calls, latency, errors, cache hits, mean score of the last shard."""
-
-    def __init__(self):
-        from ray.util.metrics import Counter, Gauge, Histogram
-
-        keys = ("judge",)
-        self.calls = Counter("selfcorrect_judge_calls", "model/API calls made by judges", tag_keys=keys)
-        self.rows = Counter("selfcorrect_judge_rows", "rows judged", tag_keys=keys)
-        self.errors = Counter(
-            "selfcorrect_judge_errors", "rows a judge flagged instead of scoring", tag_keys=keys
-        )
-        self.hits = Counter(
-            "selfcorrect_judge_cache_hits", "API answers served from the cache", tag_keys=keys
-        )
-        self.latency = Histogram(
-            "selfcorrect_judge_latency_s",
-            "seconds per API call",
-            boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
-            tag_keys=keys,
-        )
-        self.mean = Gauge("selfcorrect_judge_mean_score", "mean score of the last shard", tag_keys=keys)
-
-    def record(self, name: str, stats: dict[str, Any]) -> None:
-        tags = {"judge": name}
-        for counter, value in (
-            (self.calls, stats["calls"]),
-            (self.rows, stats["rows"]),
-            (self.errors, stats["errors"]),
-            (self.hits, stats["cache_hits"]),
-        ):
-            if value:
-                counter.inc(value, tags=tags)
-        for seconds in stats["latencies"]:
-            self.latency.observe(seconds, tags=tags)
-        if stats["scores"]:
-            self.mean.set(fmean(stats["scores"]), tags=tags)
-
-
 class JudgeWorker:
     """One per actor: builds every judge once, then turns a generate shard into a judge shard."""
 
-    def __init__(self, judges: dict[str, dict[str, Any]]):
+    def __init__(self, judges: dict[str, dict[str, Any]], tags: dict[str, str] | None = None):
         self.judges = {name: build(name, judge_settings(name, raw)) for name, raw in judges.items()}
-        self.metrics = None
-        try:
-            import ray
-
-            if ray.is_initialized():
-                self.metrics = _JudgeMetrics()
-        except ImportError:
-            pass
+        self.tags = tags or {"stage": "judge", "run": ""}  # the Ray metrics' tags
 
     def __call__(self, task: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
         table = pq.read_table(task["path"])
@@ -211,8 +165,7 @@ class JudgeWorker:
                 column = pa.array([getattr(r, suffix) for r in results], type=COLUMN_TYPES[suffix])
                 table = table.append_column(judge_column(name, suffix), column)
             taken = judge.stats.take()
-            if self.metrics is not None:
-                self.metrics.record(name, taken)
+            metrics.record_judge(self.tags, name, taken)
             latencies = taken.pop("latencies")
             scores = taken.pop("scores")
             stats[name] = {
@@ -226,8 +179,13 @@ class JudgeWorker:
         return table, stats
 
 
-def run_judge(plan: JudgePlan, out: StageDir, overwrite: bool = False) -> dict[str, Any]:
-    """Judge every pending generate shard, check that every row is there once, mark the stage done."""
+def run_judge(
+    plan: JudgePlan, out: StageDir, overwrite: bool = False, tags: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Judge every pending generate shard, check that every row is there once, mark the stage done.
+
+    ``tags`` label the stage's Ray metrics (``datagen.metrics.stage_tags``; default: from ``out``'s path).
+    """
     out.start(plan.fingerprint, overwrite=overwrite)
     done = out.completed_shards()
     shards = sorted(plan.inputs.completed_shards())
@@ -239,7 +197,7 @@ def run_judge(plan: JudgePlan, out: StageDir, overwrite: bool = False) -> dict[s
         out,
         tasks,
         JudgeWorker,
-        {"judges": {n: s.model_dump() for n, s in plan.judges.items()}},
+        {"judges": {n: s.model_dump() for n, s in plan.judges.items()}, "tags": tags or metrics.stage_tags(out.path)},
         min_actors=plan.pool.min_actors,
         max_actors=plan.pool.max_actors,
         num_cpus=plan.pool.num_cpus,

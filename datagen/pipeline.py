@@ -45,6 +45,13 @@ class _WriteShards:
         return manifest
 
 
+def _named_udf(worker_cls: type) -> type:
+    """``_WriteShards`` under the worker's class name: Ray Data names the operator and its actors after
+    the UDF class (``MapBatches(GenerationWorker)``, actor class ``MapWorker(MapBatches(GenerationWorker))``
+    on the dashboard), which otherwise would read ``_WriteShards`` for every stage."""
+    return type(worker_cls.__name__, (_WriteShards,), {"__doc__": _WriteShards.__doc__})
+
+
 def run_shard_stage(
     out: StageDir,
     tasks: list[dict[str, Any]],
@@ -81,7 +88,7 @@ def run_shard_stage(
         # Ray 2.60 deprecates free-form remote args but has no named parameter for restarts yet.
         warnings.simplefilter("ignore", RayDeprecationWarning)
         ds = ds.map_batches(
-            _WriteShards,
+            _named_udf(worker_cls),
             fn_constructor_kwargs={
                 "worker_cls": worker_cls,
                 "worker_kwargs": worker_kwargs,

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from datagen.config import EngineConfig, GenerateConfig, JudgePoolConfig, PromptsConfig
 from datagen.generate import GeneratePlan, plan_generate, run_generate
 from datagen.judging import judge_versions, plan_judge, run_judge
+from datagen.metrics import stage_tags
 from datagen.models import ModelNotFoundError, resolve_model
 from datagen.prompts import load_prompts
 from datagen.records import SAMPLE_SCHEMA, judge_column
@@ -73,6 +74,7 @@ class EvalPlan:
     header: dict[str, Any]
     fingerprint: dict[str, Any]
     pairwise: dict[str, JudgeSettings]
+    run_dir: Path  # the run's directory: its name tags the Ray metrics of the eval's sub-stages
 
 
 def resolve_labels(models: dict[str, str | None] | None, base: str, run_dir: Path) -> list[tuple[str, str]]:
@@ -253,6 +255,7 @@ def plan_eval(
         header,
         json.loads(json.dumps(fingerprint)),
         pairwise,
+        run_dir,
     )
 
 
@@ -326,7 +329,7 @@ def _judged(plan: EvalPlan, root: Path, judges: dict[str, JudgeSettings]) -> Sta
     out = StageDir(root / "judge")
     if not out.done():
         jplan = plan_judge(judges, root, plan.policy, plan.model_cache, plan.engine, plan.seed, plan.pool)
-        run_judge(jplan, out)
+        run_judge(jplan, out, tags=stage_tags(out.path, plan.run_dir))
     return out
 
 
@@ -336,7 +339,7 @@ def _eval_model(plan: EvalPlan, run: ModelRun, root: Path) -> dict[str, Any]:
     gen_dir, judge_dir = StageDir(base / "generate"), StageDir(base / "judge")
     if not judge_dir.done():
         if not gen_dir.done():
-            run_generate(run.generate, gen_dir)
+            run_generate(run.generate, gen_dir, tags=stage_tags(gen_dir.path, plan.run_dir))
         _judged(plan, base, plan.judges)
     gen, judged = gen_dir.summary(), judge_dir.summary()
     return {
@@ -352,7 +355,7 @@ def _selfee_k(plan: EvalPlan, run: ModelRun, root: Path) -> dict[str, Any]:
     assert run.selfee is not None and plan.cfg.selfee_revisions is not None
     gen_dir = StageDir(root / run.label / "selfee" / "generate")
     if not gen_dir.done():
-        run_generate(run.selfee, gen_dir)
+        run_generate(run.selfee, gen_dir, tags=stage_tags(gen_dir.path, plan.run_dir))
     k_max, n = plan.cfg.selfee_revisions, plan.cfg.n
     derived = root / run.label / "selfee_k"
     derive_stage(

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
+from datagen.metrics import record_train, stage_tags
 from datagen.shards import StageDir, StageInputError, atomic_write_bytes, atomic_write_json
 from rl.config import TrainConfig
 
@@ -166,6 +167,7 @@ def _callbacks(trainer, cfg: dict[str, Any], pair_ids: list[str]):
 
     rank = ray.train.get_context().get_world_rank()
     log_dir = Path(cfg["sample_log_dir"]) if cfg["log_samples"] else None
+    tags = cfg.get("metric_tags") or {"stage": "train", "run": ""}
 
     class ReportCheckpoints(TrainerCallback):
         """Rank 0 hands each saved checkpoint to Ray Train; every rank calls report (it is a barrier)."""
@@ -194,17 +196,22 @@ def _callbacks(trainer, cfg: dict[str, Any], pair_ids: list[str]):
             trainer.step_ids.clear()
 
     class LogMetrics(TrainerCallback):
-        """Rank 0 appends each logged step's numbers to ``metrics.jsonl`` and its position to ``_progress.json``."""
+        """Rank 0 appends each logged step's numbers to ``metrics.jsonl`` and its position to ``_progress.json``,
+        and records them as Ray metrics (``datagen.metrics.record_train``)."""
 
         def on_step_end(self, args, state, control, **kwargs):
+            if rank == 0:
+                record_train(tags, step=state.global_step)
             if rank == 0 and cfg.get("metrics_file"):
                 progress = Path(cfg["metrics_file"]).with_name(PROGRESS_FILE)
                 atomic_write_json(progress, {"step": state.global_step, "max_steps": state.max_steps})
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if rank == 0 and cfg.get("metrics_file") and logs and "loss" in logs:  # not the end-of-run summary
-                numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
-                append_line(Path(cfg["metrics_file"]), {**numbers, "step": state.global_step})
+            if rank == 0 and logs and "loss" in logs:  # not the end-of-run summary
+                numbers = {**{k: v for k, v in logs.items() if isinstance(v, (int, float))}, "step": state.global_step}
+                record_train(tags, **numbers)
+                if cfg.get("metrics_file"):
+                    append_line(Path(cfg["metrics_file"]), numbers)
 
     return [ReportCheckpoints(), LogSamples(), LogMetrics()]
 
@@ -645,12 +652,14 @@ def run_train(
     overwrite: bool = False,
     callbacks: list | None = None,
     report: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train on the build stage's output; the final model lands in ``out_dir/model``.
 
     A finished run is kept; a run stopped part way resumes from its last checkpoint. Needs Ray
     initialised. ``callbacks`` are extra ``transformers.TrainerCallback`` objects for the workers;
-    ``report`` is ``check_data``'s (computed here when not given). With ``sft_first`` the SFT run
+    ``report`` is ``check_data``'s (computed here when not given); ``tags`` label the Ray metrics
+    (``datagen.metrics.stage_tags``; default: from ``out_dir``'s path). With ``sft_first`` the SFT run
     goes to ``out_dir/sft`` (resumable on its own) and DPO starts from ``out_dir/sft/model``.
     """
     out = StageDir(out_dir)
@@ -662,10 +671,12 @@ def run_train(
         report = check_data(cfg, model_path, build_dir)
     build = build_dir.summary()
     out.start(fingerprint, overwrite=overwrite)
+    tags = tags or stage_tags(out.path)
     sft_summary = None
     if cfg.sft_first is not None:
         sft_cfg = sft_first_config(cfg)
-        sft_summary = run_train(sft_cfg, model_path, build_dir, out.path / "sft", False, callbacks, report)
+        sft_tags = {**tags, "stage": f"{tags['stage']}/sft"}
+        sft_summary = run_train(sft_cfg, model_path, build_dir, out.path / "sft", False, callbacks, report, sft_tags)
         model_path = sft_summary["model"]
     loop_cfg = {
         "train": cfg.model_dump(mode="json"),
@@ -676,6 +687,7 @@ def run_train(
         "log_samples": cfg.log_samples,
         "sample_log_dir": str((out.path / "samples").resolve()),
         "metrics_file": str((out.path / METRICS_FILE).resolve()),
+        "metric_tags": tags,
         "callbacks": callbacks or [],
     }
     trainer = make_trainer(train_loop, loop_cfg, cfg, out.path)

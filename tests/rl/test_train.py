@@ -214,6 +214,23 @@ def test_ray_run_writes_per_step_metrics(ray_run):
     assert json.loads((tmp / "train" / "_progress.json").read_text()) == {"step": 2, "max_steps": 2}
 
 
+def test_ray_run_exports_train_metrics(ray_run):
+    # rank 0's LogMetrics callback records each logged step as Ray metrics (datagen.metrics.record_train)
+    from prom_metrics import wait_for
+
+    tmp, *_ = ray_run
+    last = [h for h in json.loads((tmp / "train" / "log_history.json").read_text()) if "loss" in h][-1]
+    tags = {"stage": "train", "run": tmp.name}
+    wanted = [
+        ("ray_selfcorrect_train_step", tags),
+        ("ray_selfcorrect_train_loss", tags),
+        ("ray_selfcorrect_train_value", {**tags, "name": "rewards/margins"}),
+    ]
+    port = ray.nodes()[0]["MetricsExportPort"]
+    got = wait_for(port, wanted, timeout_s=30)  # Ray exports every 10 s by default
+    assert got == [2, pytest.approx(last["loss"]), pytest.approx(last["rewards/margins"])]
+
+
 def test_ray_first_step_equals_standalone_trl(ray_run, tiny_model_dir):
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
