@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from datagen.config import REVIEW_PROMPTS, GenerateConfig
+from datagen.metrics import record_rl, stage_tags
 from datagen.records import Prompt, judge_column
 from datagen.shards import StageDir, StageInputError, atomic_write_bytes, atomic_write_json
 from judges.config import JudgeSettings
@@ -500,6 +501,13 @@ def score_loop(c: dict[str, Any]) -> None:
             }  # fmt: skip
             if (step + 1) % t.log_every == 0 or step + 1 == total:
                 append_line(Path(c["metrics_file"]), record)
+            record_rl(
+                stage_tags(out), step=step + 1, loss=record["loss"],
+                kl={"turn1": numbers["kl_t1"], "turn2": numbers["kl_t2"]},
+                rewards={"turn1": acc1, "turn2": acc2}, rollout_tokens=ro["tokens"], rollout_seconds=ro["seconds"],
+                weight_sync_s=sync["seconds"] if sync["bytes"] else None, weight_sync_bytes=sync["bytes"] or None,
+                policy_lag=batch["lag"], flagged=len(episodes) - len(valid), grad_norm=numbers["grad_norm"],
+            )  # fmt: skip
             progress = {"step": step + 1, "max_steps": total, "pid": os.getpid(), "engine_pids": client.pids}
             atomic_write_json(out / PROGRESS_FILE, progress)
         if (step + 1) % t.checkpoint_every == 0 and step + 1 < total:
