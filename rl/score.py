@@ -401,8 +401,8 @@ def score_loop(c: dict[str, Any]) -> None:
         ref = copy.deepcopy(model).eval()
         for p in ref.parameters():
             p.requires_grad_(False)
-    if t.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if t.gradient_checkpointing:  # non-reentrant: gradients reach LoRA weights behind frozen embeddings
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.AdamW(  # Adam when weight_decay is 0, as the paper
         [p for p in model.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay
     )
