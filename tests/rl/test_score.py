@@ -238,3 +238,12 @@ def test_completion_logprobs_equal_the_full_forward(tiny_model_dir):
     assert mask.sum().item() == 6
     logp.sum().backward()  # differentiable through the scatter
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_gradient_checkpointing_still_moves_the_lora_weights(tiny_model_dir):
+    model = _lora_model(tiny_model_dir)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    numbers = _step(model, _episodes(model.config.vocab_size), 2, 0.01)
+    assert numbers["grad_norm"] > 0
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
