@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from cluster import jobs, status
 from cluster.config import Config, ConfigError, load_config
 from cluster.console import LOG_DIR, Console, summarize
 from cluster.stages import STAGES, Stage
@@ -86,11 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         _add_verbose(p)
     p = sub.add_parser("config", help="print the full config (defaults filled in) and exit")
     _add_config_args(p)
+    jobs.add_parser(sub)
+    status.add_parser(sub)
     return parser
 
 
 def _run_stages(cfg: Config, stages: list[Stage], overwrite: bool, console: Console) -> None:
-    from cluster.runtime import init_ray
+    from cluster.runtime import check_resources, init_ray, stage_demands
 
     for stage in stages:
         out = stage.output(cfg)
@@ -109,6 +112,10 @@ def _run_stages(cfg: Config, stages: list[Stage], overwrite: bool, console: Cons
             started = init_ray(cfg.ray, log_to_driver=console.verbose)
             if started:
                 console.say(started)
+            # A stage asking for what the cluster can never give would wait forever: refused here.
+            warning = check_resources(stage_demands(cfg, stage.name))
+            if warning:
+                console.say(f"{stage.name}: {warning}")
         progress.set_stage(stage.name)
         try:
             summary = stage.run(cfg, plan, overwrite)
@@ -136,6 +143,8 @@ def main(argv: list[str] | None = None, *, release_output: bool = True) -> int:
     it there until the process exits, so that what the libraries print at exit lands there too.
     """
     args = build_parser().parse_args(argv)
+    if hasattr(args, "handler"):  # submit, status: commands of their own, no stage runs here
+        return args.handler(args)
     console = Console(verbose=getattr(args, "verbose", False))
     failed = False
     try:
