@@ -28,6 +28,8 @@ KEY=VALUE overrides with dotted keys, e.g.
   selfcorrect run configs/quickstart.yaml
   selfcorrect generate configs/quickstart.yaml run_dir=runs/try2 generate.n=8 prompts.limit=16
   selfcorrect config configs/scl.yaml            # print the full config with every default
+  selfcorrect submit configs/scl.yaml run_dir=/mnt/shared/runs/scl   # as a Ray job on a cluster
+  selfcorrect status /mnt/shared/runs/scl        # which stages are done, partial or not started
 
 A stage that finished is skipped; one that was killed resumes where it stopped. --overwrite
 redoes it. The terminal shows a progress bar and a summary line per stage; what Ray, vLLM and
