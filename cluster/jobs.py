@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import logging
 import os
 import re
 import shlex
@@ -182,11 +183,20 @@ def prepare(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     return cfg, job
 
 
+def _quiet_ray() -> None:
+    """Ray's lines about packaging the working directory (one per ignored file, and that it leaves .git out,
+    as asked) say nothing the lines printed here do not."""
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
+
+
 def submit_command(args: argparse.Namespace) -> int:
     try:
         cfg, job = prepare(args)
         address = args.address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
         jobs = client(address)
+        _quiet_ray()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -197,7 +207,12 @@ def submit_command(args: argparse.Namespace) -> int:
     if follow:
         _say(f"{sid} is already {known[sid].lower()}: following it instead of submitting the run twice")
     else:
-        jobs.submit_job(submission_id=sid, **job)
+        _say(f"uploading {job['runtime_env']['working_dir']} and submitting `{job['entrypoint']}`")
+        try:
+            submit_job(jobs, sid, job)
+        except RuntimeError as e:
+            print(f"error: the job server at {address} refused the job: {str(e).strip()[:500]}", file=sys.stderr)
+            return 1
         _say(f"submitted {sid}" + (f" (earlier jobs of this run ended; it resumes from {cfg.run_dir})"
                                    if sid != base else ""))
     _say(f"dashboard: {url}")
@@ -209,6 +224,25 @@ def submit_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _say(f"stopped following; the job goes on (`ray job stop {sid} --address {address}` stops it)")
         return 130
+
+
+def submit_job(jobs: Any, sid: str, job: dict[str, Any], wait_s: float = 120) -> None:
+    """Submit, waiting while a cluster that has just started has no job agent up yet (Ray says "try again")."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            jobs.submit_job(submission_id=sid, **job)
+            return
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
+def short_message(message: str | None) -> str:
+    """Ray's message about a job without the copy of its last logs it appends (they were just printed)."""
+    first = (message or "").strip().split("\n", 1)[0]
+    return first.split(", last available logs", 1)[0][:300]
 
 
 def follow_job(jobs: Any, sid: str, out: Any = None) -> int:
@@ -227,5 +261,5 @@ def follow_job(jobs: Any, sid: str, out: Any = None) -> int:
     while not (info := jobs.get_job_info(sid)).status.is_terminal():
         time.sleep(2)
     status = str(info.status)
-    _say(f"{sid} {status.lower()}" + (f": {info.message}" if info.message and status != "SUCCEEDED" else ""))
+    _say(f"{sid} {status.lower()}" + (f": {short_message(info.message)}" if status != "SUCCEEDED" else ""))
     return 0 if status == "SUCCEEDED" else 1

@@ -174,7 +174,7 @@ def last_error(log: Path, tail_bytes: int = 2_000_000) -> str | None:
 
 def failed_job(cfg: Config, address: str) -> str | None:
     """The run's latest job, when it failed or was stopped: ``"ID STATUS: message"``."""
-    from cluster.jobs import client, run_prefix
+    from cluster.jobs import client, run_prefix, short_message
 
     prefix = run_prefix(cfg.run_dir)
     ours = [j for j in client(address).list_jobs() if (j.submission_id or "").startswith(prefix)]
@@ -183,7 +183,7 @@ def failed_job(cfg: Config, address: str) -> str | None:
     last = max(ours, key=lambda j: j.start_time or 0)
     if str(last.status) not in {"FAILED", "STOPPED"}:
         return None
-    return f"{last.submission_id} {last.status}: {(last.message or '').strip()[:300]}"
+    return f"{last.submission_id} {last.status}: {short_message(last.message)}"
 
 
 def status_command(args: argparse.Namespace) -> int:

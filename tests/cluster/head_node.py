@@ -30,6 +30,13 @@ def ray_head_cluster(log_dir: Path, mp: pytest.MonkeyPatch, num_cpus: int = 2) -
     mp.setenv("RAY_AUTH_MODE", "token")
     mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     port, dashboard = free_port(), free_port()
+    # Every port of its own: another Ray on the machine holding a default one (the dashboard agent's
+    # 52365, the client server's 10001) would leave this head without a job agent.
+    ports = [
+        f"--{name}={free_port()}"
+        for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                     "runtime-env-agent-port", "ray-client-server-port")
+    ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # A job's entrypoint says `python`, as on a cluster whose nodes have the project's environment.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -44,7 +51,7 @@ def ray_head_cluster(log_dir: Path, mp: pytest.MonkeyPatch, num_cpus: int = 2) -
             RAY, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={port}",
             f"--dashboard-port={dashboard}",
             "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--num-cpus={num_cpus}",
-            "--num-gpus=0", "--disable-usage-stats",
+            "--num-gpus=0", "--disable-usage-stats", *ports,
         ],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
@@ -61,14 +68,19 @@ def ray_head_cluster(log_dir: Path, mp: pytest.MonkeyPatch, num_cpus: int = 2) -
                 time.sleep(1)
         yield url
     finally:
-        # `ray stop` would also stop the session's other local Ray: end this head's group only.
+        # `ray stop` would also stop the session's other local Ray: end this head only. SIGTERM to
+        # `ray start` alone, which drains the node through the GCS and stops its processes (a SIGTERM
+        # to the whole group kills the GCS first, and the drain waits 30 s for it); then whatever of
+        # the group is left.
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)
+            head.send_signal(signal.SIGTERM)
             try:
                 head.wait(60)
             except subprocess.TimeoutExpired:
-                os.killpg(head.pid, signal.SIGKILL)
+                head.kill()
                 head.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -76,6 +76,11 @@ def test_submit_follow_resubmit(ray_head_module, tmp_path, monkeypatch, capsys):
     assert "metrics.json" in first.stdout and f"submit: {base} failed" in first.stdout  # the job's own log line
     assert "SC_MISSING_KEY, which is not set here" in first.stderr and "SC_PLANTED_KEY," not in first.stderr
 
+    # status, asked about the run's jobs, names the failed one
+    capsys.readouterr()
+    assert main(["status", "--address", url, CONFIG, *overrides]) == 0
+    assert f"last job: {base} FAILED: " in capsys.readouterr().out
+
     # with the eval's metrics in place, a resubmitted run gets a new job; a second submit while
     # that one is pending or running follows it instead of starting another
     (run_dir / "eval").mkdir(parents=True)
