@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_stages(cfg: Config, stages: list[Stage], overwrite: bool, console: Console) -> None:
     from cluster.runtime import check_resources, init_ray, stage_demands
 
+    checked = False
     for stage in stages:
         out = stage.output(cfg)
         plan = stage.prepare(cfg)
@@ -114,10 +115,14 @@ def _run_stages(cfg: Config, stages: list[Stage], overwrite: bool, console: Cons
             started = init_ray(cfg.ray, log_to_driver=console.verbose)
             if started:
                 console.say(started)
-            # A stage asking for what the cluster can never give would wait forever: refused here.
-            warning = check_resources(stage_demands(cfg, stage.name))
-            if warning:
-                console.say(f"{stage.name}: {warning}")
+            if not checked:
+                # A stage asking for what the cluster can never give would wait forever: refused here,
+                # for this stage and the unfinished ones after it, before hours of work go before them.
+                later = [s for s in stages[stages.index(stage) :] if overwrite or not s.output(cfg).done()]
+                warning = check_resources([d for s in later for d in stage_demands(cfg, s.name)])
+                if warning:
+                    console.say(warning)
+                checked = True
         progress.set_stage(stage.name)
         try:
             summary = stage.run(cfg, plan, overwrite)

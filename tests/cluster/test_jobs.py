@@ -13,7 +13,7 @@ from pathlib import Path
 from head_node import job_client
 
 from cluster.cli import main
-from cluster.jobs import entrypoint, key_variables, next_submission, submission_id
+from cluster.jobs import entrypoint, key_variables, next_submission, short_message, submission_id
 
 ROOT = Path(__file__).parents[2]
 CONFIG = "configs/quickstart.yaml"
@@ -48,6 +48,12 @@ def test_key_variables_and_entrypoint_carry_names_only():
     assert command == "python -m cluster.cli train 'configs/a b.yaml' 'x=1 2'"
 
 
+def test_short_message_leaves_out_the_logs_copy():
+    message = "Job entrypoint command failed with exit code 2, last available logs (truncated to 20,000 chars):\nx\n"
+    assert short_message(message) == "Job entrypoint command failed with exit code 2"
+    assert short_message(None) == ""
+
+
 def test_submit_follow_resubmit(ray_head_module, tmp_path, monkeypatch, capsys):
     url = ray_head_module
     client = job_client(url)
@@ -73,7 +79,8 @@ def test_submit_follow_resubmit(ray_head_module, tmp_path, monkeypatch, capsys):
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
     assert f"submit: submitted {base}\n" in first.stdout
     assert f"submit: dashboard: {url}/#/jobs/{base}" in first.stdout
-    assert "metrics.json" in first.stdout and f"submit: {base} failed" in first.stdout  # the job's own log line
+    assert "metrics.json" in first.stdout  # the job's own log, followed
+    assert first.stdout.rstrip().endswith(f"submit: {base} failed: Job entrypoint command failed with exit code 2")
     assert "SC_MISSING_KEY, which is not set here" in first.stderr and "SC_PLANTED_KEY," not in first.stderr
 
     # status, asked about the run's jobs, names the failed one

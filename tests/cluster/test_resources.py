@@ -66,3 +66,13 @@ def test_a_stage_asking_for_a_gpu_is_refused_at_once(ray_local, tmp_path, tiny_m
     assert code == 2, err
     assert "error: generate.engine.num_gpus=1" in err and "no node has 1 GPU" in err
     assert not (tmp_path / "run" / "generate").exists()
+
+    # `run`: a later stage's GPU is refused before the first stage starts
+    code = main([
+        "run", str(ROOT / "configs/quickstart.yaml"), f"run_dir={tmp_path / 'run'}", f"model={tiny_model_dir}",
+        "prompts.limit=2", "generate.engine.max_model_len=512", "train.use_gpu=true",
+    ])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "error: train.use_gpu=true, train.cpus_per_worker=1, train.num_workers=1: needs 1 x {CPU: 1, GPU: 1}" in err
+    assert "generate" not in err and not (tmp_path / "run" / "generate").exists()
