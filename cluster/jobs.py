@@ -201,23 +201,25 @@ def submit_command(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     base = submission_id(cfg.run_dir, args.stage)
-    known = {j.submission_id: str(j.status) for j in jobs.list_jobs() if j.submission_id}
-    sid, follow = next_submission(base, known)
-    url = f"{jobs.get_address()}/#/jobs/{sid}"
-    if follow:
-        _say(f"{sid} is already {known[sid].lower()}: following it instead of submitting the run twice")
-    else:
-        _say(f"uploading {job['runtime_env']['working_dir']} and submitting `{job['entrypoint']}`")
-        try:
-            submit_job(jobs, sid, job)
-        except RuntimeError as e:
-            print(f"error: the job server at {address} refused the job: {str(e).strip()[:500]}", file=sys.stderr)
-            return 1
-        _say(f"submitted {sid}" + (f" (earlier jobs of this run ended; it resumes from {cfg.run_dir})"
-                                   if sid != base else ""))
-    _say(f"dashboard: {url}")
+    try:
+        known = {j.submission_id: str(j.status) for j in jobs.list_jobs() if j.submission_id}
+        sid, follow = next_submission(base, known)
+        if follow:
+            _say(f"{sid} is already {known[sid].lower()}: following it instead of submitting the run twice")
+        else:
+            _say(f"uploading {job['runtime_env']['working_dir']} and submitting `{job['entrypoint']}`")
+            if not submit_job(jobs, sid, job):
+                _say(f"{sid} was submitted a moment ago from elsewhere: following it")
+            else:
+                _say(f"submitted {sid}" + (f" (earlier jobs of this run ended; it resumes from {cfg.run_dir})"
+                                           if sid != base else ""))
+    except RuntimeError as e:
+        print(f"error: the job server at {address} refused: {str(e).strip()[:500]}", file=sys.stderr)
+        return 1
+    _say(f"dashboard: {jobs.get_address()}/#/jobs/{sid}")
     if args.no_wait:
-        _say(f"not following; `selfcorrect status {args.config}` or the dashboard shows its progress")
+        _say(f"not following; `{shlex.join(['selfcorrect', 'status', args.config, *args.overrides])}` "
+             "or the dashboard shows its progress")
         return 0
     try:
         return follow_job(jobs, sid)
@@ -226,14 +228,19 @@ def submit_command(args: argparse.Namespace) -> int:
         return 130
 
 
-def submit_job(jobs: Any, sid: str, job: dict[str, Any], wait_s: float = 120) -> None:
-    """Submit, waiting while a cluster that has just started has no job agent up yet (Ray says "try again")."""
+def submit_job(jobs: Any, sid: str, job: dict[str, Any], wait_s: float = 120) -> bool:
+    """Submit; False when a job with this id appeared meanwhile (a second submit of the run, racing).
+
+    Waits while a cluster that has just started has no job agent up yet (Ray says "try again").
+    """
     deadline = time.monotonic() + wait_s
     while True:
         try:
             jobs.submit_job(submission_id=sid, **job)
-            return
+            return True
         except RuntimeError as e:
+            if "already exists" in str(e):
+                return False
             if "No available agent" not in str(e) or time.monotonic() > deadline:
                 raise
             time.sleep(2)
