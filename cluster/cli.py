@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from cluster import jobs, status
 from cluster.config import Config, ConfigError, load_config
 from cluster.console import LOG_DIR, Console, summarize
 from cluster.stages import STAGES, Stage
@@ -27,6 +28,8 @@ KEY=VALUE overrides with dotted keys, e.g.
   selfcorrect run configs/quickstart.yaml
   selfcorrect generate configs/quickstart.yaml run_dir=runs/try2 generate.n=8 prompts.limit=16
   selfcorrect config configs/scl.yaml            # print the full config with every default
+  selfcorrect submit configs/scl.yaml run_dir=/mnt/shared/runs/scl   # as a Ray job on a cluster
+  selfcorrect status /mnt/shared/runs/scl        # which stages are done, partial or not started
 
 A stage that finished is skipped; one that was killed resumes where it stopped. --overwrite
 redoes it. The terminal shows a progress bar and a summary line per stage; what Ray, vLLM and
@@ -86,12 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
         _add_verbose(p)
     p = sub.add_parser("config", help="print the full config (defaults filled in) and exit")
     _add_config_args(p)
+    jobs.add_parser(sub)
+    status.add_parser(sub)
     return parser
 
 
 def _run_stages(cfg: Config, stages: list[Stage], overwrite: bool, console: Console) -> None:
-    from cluster.runtime import init_ray
+    from cluster.runtime import check_resources, init_ray, stage_demands
 
+    checked = False
     for stage in stages:
         out = stage.output(cfg)
         plan = stage.prepare(cfg)
@@ -109,6 +115,14 @@ def _run_stages(cfg: Config, stages: list[Stage], overwrite: bool, console: Cons
             started = init_ray(cfg.ray, log_to_driver=console.verbose)
             if started:
                 console.say(started)
+            if not checked:
+                # A stage asking for what the cluster can never give would wait forever: refused here,
+                # for this stage and the unfinished ones after it, before hours of work go before them.
+                later = [s for s in stages[stages.index(stage) :] if overwrite or not s.output(cfg).done()]
+                warning = check_resources([d for s in later for d in stage_demands(cfg, s.name)])
+                if warning:
+                    console.say(warning)
+                checked = True
         progress.set_stage(stage.name)
         try:
             summary = stage.run(cfg, plan, overwrite)
@@ -136,6 +150,8 @@ def main(argv: list[str] | None = None, *, release_output: bool = True) -> int:
     it there until the process exits, so that what the libraries print at exit lands there too.
     """
     args = build_parser().parse_args(argv)
+    if hasattr(args, "handler"):  # submit, status: commands of their own, no stage runs here
+        return args.handler(args)
     console = Console(verbose=getattr(args, "verbose", False))
     failed = False
     try:

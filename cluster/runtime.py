@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from typing import NamedTuple
 
-from cluster.config import RayConfig
+from cluster.config import Config, ConfigError, RayConfig
+from datagen.config import EngineConfig
 
 _started: list[bool] = []  # one entry when this process connected Ray: whether it started a local one
 
@@ -60,3 +63,156 @@ def shutdown_ray() -> str | None:
         pass
     ray.shutdown()
     return logs
+
+
+# --- can the cluster ever give what the config asks for? -------------------------------------------
+
+
+class ResourceError(ConfigError):
+    """The config asks for resources that no node of a cluster without an autoscaler has."""
+
+
+class Demand(NamedTuple):
+    """``count`` bundles of ``resources`` (e.g. ``{"CPU": 1, "GPU": 1}``) that must run at once.
+
+    ``key`` names the config keys that asked for them, as the error shows them to the user.
+    """
+
+    key: str
+    resources: dict[str, float]
+    count: int = 1
+
+
+def _fits(bundle: dict[str, float], node: dict[str, float]) -> int:
+    """How many copies of ``bundle`` one node holds (resources asked for as 0 are not needed)."""
+    need = {r: q for r, q in bundle.items() if q > 0}
+    if not need:
+        return 1 << 30
+    return min(int(node.get(r, 0.0) // q) for r, q in need.items())
+
+
+def infeasible(demands: list[Demand], nodes: list[dict[str, float]]) -> list[str]:
+    """One line per demand that ``nodes`` (each node's total resources) can never run at once.
+
+    A bundle must fit on one node; ``count`` bundles of the same shape pack node by node, so a
+    demand is feasible exactly when ``sum(min_r floor(node[r] / bundle[r])) >= count``.
+    """
+    problems = []
+    for d in demands:
+        held = sum(_fits(d.resources, n) for n in nodes)
+        if held >= d.count:
+            continue
+        shape = _fmt(d.resources)
+        if held == 0:
+            short = [r for r, q in d.resources.items() if q > 0 and max((n.get(r, 0.0) for n in nodes), default=0) < q]
+            have = ", ".join(f"{_num(d.resources[r])} {r}" for r in short)
+            why = f"no node has {have}" if short else "no node fits it"
+        else:
+            why = f"the cluster holds only {held} at once"
+        problems.append(f"{d.key}: needs {d.count} x {{{shape}}} at once, but {why}")
+    return problems
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _fmt(resources: dict[str, float]) -> str:
+    return ", ".join(f"{r}: {_num(q)}" for r, q in resources.items() if q > 0)
+
+
+def describe_nodes(nodes: list[dict[str, float]]) -> str:
+    """``2 nodes: {CPU: 2}, {CPU: 8, GPU: 1}`` (CPU, GPU and custom resources, not memory or node ids)."""
+    def shown(n: dict[str, float]) -> dict[str, float]:
+        return {r: q for r, q in sorted(n.items()) if r in ("CPU", "GPU") or not _is_builtin(r)}
+
+    return f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}: " + ", ".join(
+        "{" + (_fmt(shown(n)) or "nothing") + "}" for n in nodes
+    )
+
+
+def _is_builtin(resource: str) -> bool:
+    return resource in ("memory", "object_store_memory") or resource.startswith(("node:", "accelerator_type:"))
+
+
+def cluster_can_autoscale() -> bool:
+    """Whether some node type of the cluster can still be added (the test Ray Data uses itself)."""
+    try:
+        from ray._private.state import state  # the cluster config the autoscaler reports; no public API
+
+        config = state.get_cluster_config()
+    except Exception:  # an older or newer Ray without it: assume it may scale, and only warn
+        return True
+    groups = getattr(config, "node_group_configs", None) or []
+    return any(g.max_count == -1 or g.max_count > g.min_count for g in groups if g.resources and g.max_count != 0)
+
+
+def check_resources(demands: list[Demand]) -> str | None:
+    """Refuse (``ResourceError``) demands the connected Ray can never run; on a cluster with an
+    autoscaler, return a warning instead (it may add nodes that fit). None when everything fits."""
+    import ray
+
+    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    problems = infeasible(demands, nodes)
+    if not problems:
+        return None
+    text = "; ".join(problems) + f" (the cluster: {describe_nodes(nodes)})"
+    if cluster_can_autoscale():
+        return f"warning: {text}; waiting for the autoscaler to add nodes that fit"
+    raise ResourceError(f"{text}. The cluster has no autoscaler: lower these settings or add nodes that have them")
+
+
+def _engine(prefix: str, engine: EngineConfig) -> Demand:
+    return Demand(
+        f"{prefix}.num_gpus={_num(engine.num_gpus)}, {prefix}.num_cpus={_num(engine.num_cpus)} "
+        f"per engine actor, {prefix}.min_actors={engine.min_actors}",
+        {"CPU": engine.num_cpus, "GPU": engine.num_gpus},
+        engine.min_actors,
+    )
+
+
+def _judges(cfg: Config) -> list[Demand]:
+    gpus = {}
+    for name, s in cfg.judges.items():
+        # a self_critic without num_gpus of its own takes generate.engine's (datagen.judging.plan_judge)
+        g = float(getattr(s, "num_gpus", 0) or (cfg.generate.engine.num_gpus if s.type == "self_critic" else 0))
+        if g:
+            gpus[f"judges.{name}.num_gpus"] = g
+    need = max(gpus.values(), default=0.0)
+    keys = ", ".join(f"{k}={_num(v)}" for k, v in gpus.items() if v == need)
+    pool = cfg.judge_pool
+    return [
+        Demand(
+            (f"{keys}, " if keys else "") + f"judge_pool.num_cpus={_num(pool.num_cpus)} per judge actor, "
+            f"judge_pool.min_actors={pool.min_actors}",
+            {"CPU": pool.num_cpus, "GPU": need},
+            pool.min_actors,
+        )
+    ]
+
+
+def _train(cfg: Config) -> list[Demand]:
+    t = cfg.train
+    return [
+        Demand(
+            f"train.use_gpu={str(t.use_gpu).lower()}, train.cpus_per_worker={_num(t.cpus_per_worker)}, "
+            f"train.num_workers={t.num_workers}",
+            {"CPU": t.cpus_per_worker, "GPU": 1.0 if t.use_gpu else 0.0},
+            t.num_workers,
+        )
+    ]
+
+
+#: What each stage needs from the cluster at once, by stage name (a stage not named needs nothing special).
+STAGE_DEMANDS: dict[str, Callable[[Config], list[Demand]]] = {
+    "generate": lambda cfg: [_engine("generate.engine", cfg.generate.engine)],
+    "judge": _judges,
+    "train": _train,
+    # the eval runs its models with generate.engine (rl.evaluate), then the judges
+    "eval": lambda cfg: [_engine("generate.engine", cfg.generate.engine), *_judges(cfg)],
+}
+
+
+def stage_demands(cfg: Config, stage: str) -> list[Demand]:
+    make = STAGE_DEMANDS.get(stage)
+    return make(cfg) if make else []

@@ -7,79 +7,16 @@ skip it.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
-from vllm_server import free_port
+from head_node import RAY, job_client
 
 ROOT = Path(__file__).parents[2]
-RAY = str(Path(sys.executable).with_name("ray"))
-
-
-@pytest.fixture
-def ray_head(tmp_path, monkeypatch):
-    """A head node with the dashboard (the job server), in its own process group."""
-    # Ray's token authentication, with a token of the test's own: the head, `ray job submit` and the
-    # job's driver read it from the environment, and ~/.ray is left alone.
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
-    port, dashboard = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    # A temp dir of its own: `ray start` records itself in <temp-dir>/ray_current_cluster, and a
-    # record left in the shared /tmp/ray would draw later address-less ray.init() calls to a dead
-    # head. Short, because Ray's socket paths under it must fit in 107 bytes.
-    temp_dir = tempfile.mkdtemp(prefix="rayhead-")
-    log = open(tmp_path / "ray-head.log", "w")
-    head = subprocess.Popen(
-        [
-            RAY, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={port}",
-            f"--dashboard-port={dashboard}",
-            "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2",
-            "--disable-usage-stats",
-        ],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                job_client(url).list_jobs()
-                break
-            except Exception:
-                assert head.poll() is None, (tmp_path / "ray-head.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the dashboard's job server did not come up"
-                time.sleep(1)
-        yield url
-    finally:
-        # `ray stop` would also stop the session's other local Ray: end this head's group only.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)
-            try:
-                head.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(head.pid, signal.SIGKILL)
-                head.wait()
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def job_client(url: str):
-    """The SDK client with the token passed by hand, as from a machine off the cluster: this process
-    may have read Ray's settings before the fixture set RAY_AUTH_MODE."""
-    from ray.job_submission import JobSubmissionClient
-
-    return JobSubmissionClient(url, headers={"Authorization": f"Bearer {os.environ['RAY_AUTH_TOKEN']}"})
 
 
 def submit_and_wait(url: str, submission_id: str, entrypoint: list[str], timeout: float = 600) -> tuple[str, str]:

@@ -1,0 +1,120 @@
+"""`selfcorrect status` on a run directory laid out by hand with the stages' own writers."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from cluster.cli import _write_config, main
+from cluster.config import load_config
+from cluster.status import last_error
+from datagen.shards import StageDir, atomic_write_json
+
+ROOT = Path(__file__).parents[2]
+OVERRIDES = ["prompts.limit=5", "generate.shard_size=2"]  # 5 prompts: 3 generate shards
+
+TRACEBACKS = """\
+INFO some library noise
+Traceback (most recent call last):
+  File "x.py", line 1, in <module>
+ValueError: an earlier failure
+2026-11-25 01:00:00 WARNING worker.py -- noise after it
+Traceback (most recent call last):
+  File "a.py", line 3, in run
+    raise KeyError("k")
+KeyError: 'k'
+
+During handling of the above exception, another exception occurred:
+
+Traceback (most recent call last):
+  File "b.py", line 9, in main
+    summary = stage.run(cfg, plan, overwrite)
+ray.exceptions.RayTaskError(RuntimeError): generate shard 2 failed
+  more detail on the next line
+(raylet) some shutdown noise
+"""
+
+
+def shards(out: StageDir, indices: list[int], fingerprint: dict | None = None) -> None:
+    out.start(fingerprint or {"stage": out.path.name})
+    for i in indices:
+        out.write_shard(i, pa.table({"prompt_id": [f"p{i}"], "sample_idx": [0]}))
+
+
+def make_run(tmp_path: Path) -> Path:
+    cfg = load_config(ROOT / "configs/quickstart.yaml", [f"run_dir={tmp_path / 'run'}", *OVERRIDES])
+    run = Path(cfg.run_dir)
+    _write_config(cfg)
+    gen = StageDir(run / "generate")
+    shards(gen, [0, 1, 2])
+    gen.mark_done({"prompts": 5, "samples": 20, "shards": 3})
+    shards(StageDir(run / "judge"), [0])
+    train = run / "train"
+    StageDir(train).start({"train": "x"})
+    (train / "ray" / "checkpoint_2026-11-25_01-00-00.000000").mkdir(parents=True)
+    atomic_write_json(train / "_progress.json", {"step": 3, "max_steps": 5})
+    base = StageDir(run / "eval" / "base" / "generate")
+    shards(base, [0, 1])
+    base.mark_done({"shards": 2})
+    shards(StageDir(run / "eval" / "base" / "judge"), [1])
+    (run / "logs").mkdir()
+    (run / "logs" / "driver.log").write_text(TRACEBACKS)
+    return run
+
+
+def test_last_error_is_the_last_tracebacks_exception(tmp_path):
+    log = tmp_path / "driver.log"
+    log.write_text(TRACEBACKS)
+    assert last_error(log) == "ray.exceptions.RayTaskError(RuntimeError): generate shard 2 failed"
+    log.write_text("noise\nerror: prompts.jsonl line 3: empty prompt\nmore noise\n")  # no traceback
+    assert last_error(log) == "error: prompts.jsonl line 3: empty prompt"
+    log.write_text("all fine\n")
+    assert last_error(log) is None and last_error(tmp_path / "missing.log") is None
+
+
+def test_status_of_a_partial_run(tmp_path, capsys):
+    run = make_run(tmp_path)
+    started = time.perf_counter()
+    assert main(["status", str(run)]) == 0
+    seconds = time.perf_counter() - started
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split(None, 2)[1:] for line in out.splitlines()[1:] if line.startswith("  ")}
+    assert out.splitlines()[0] == f"run {run}"
+    assert lines["generate"][0] == "done" and lines["generate"][1].startswith(f"3 shards  {run / 'generate'}")
+    assert lines["judge"] == ["partial", f"1/3 shards  {run / 'judge'}"]
+    assert lines["build"] == ["not", "started"]
+    assert lines["train"] == ["partial", f"step 3/5, 1 checkpoint(s), last checkpoint_2026-11-25_01-00-00.000000  "
+                                         f"{run / 'train'}"]
+    assert lines["eval"] == ["partial", f"base: generate done, judge 1/2 shards  {run / 'eval'}"]
+    assert lines["report"] == ["not", "started"] and "export" not in lines  # export: only run by name
+    assert "last error: ray.exceptions.RayTaskError(RuntimeError): generate shard 2 failed\n" in out
+    assert str(run / "logs" / "driver.log") in out
+    assert seconds < 10  # no Ray started
+
+    # the same from the config and its overrides; before generate finished, its total comes from the prompts
+    (run / "generate" / "_SUCCESS.json").unlink()
+    (run / "generate" / "part-00002.parquet").unlink()
+    assert main(["status", str(ROOT / "configs/quickstart.yaml"), f"run_dir={run}", *OVERRIDES]) == 0
+    out = capsys.readouterr().out
+    assert f"generate  partial      2/3 shards  {run / 'generate'}" in out
+    assert f"judge     partial      1/3 shards  {run / 'judge'}" in out
+
+
+def test_status_of_a_finished_run_shows_no_old_error(tmp_path, capsys):
+    run = make_run(tmp_path)
+    for stage in ("judge", "build", "train", "eval"):
+        (run / stage).mkdir(exist_ok=True)
+        StageDir(run / stage).mark_done({"shards": 3, "steps": 5, "model": str(run / "train" / "model"),
+                                         "models": {"base": {}, "trained": {}}})
+    (run / "report").mkdir()
+    (run / "report" / "report.html").write_text("<html></html>")
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[1] for line in out.splitlines()[1:]] == ["done"] * 6
+    assert f"train     done         5 steps, model {run / 'train' / 'model'}" in out
+    assert f"eval      done         base, trained; metrics {run / 'eval' / 'metrics.json'}" in out
+    assert "last error" not in out
+    assert json.loads((run / "judge" / "_SUCCESS.json").read_text())["shards"] == 3
