@@ -193,7 +193,7 @@ def _judges(cfg: Config) -> list[Demand]:
 
 def _train(cfg: Config) -> list[Demand]:
     t = cfg.train
-    return [
+    demands = [
         Demand(
             f"train.use_gpu={str(t.use_gpu).lower()}, train.cpus_per_worker={_num(t.cpus_per_worker)}, "
             f"train.num_workers={t.num_workers}",
@@ -201,6 +201,17 @@ def _train(cfg: Config) -> list[Demand]:
             t.num_workers,
         )
     ]
+    if t.algorithm == "score":  # SCoRe's rollout engines run beside the trainer, with generate.engine's settings
+        e = cfg.generate.engine
+        demands.append(
+            Demand(
+                f"generate.engine.num_gpus={_num(e.num_gpus)}, generate.engine.num_cpus={_num(e.num_cpus)} per "
+                f"rollout engine, train.score.rollout_actors={t.score.rollout_actors}",
+                {"CPU": e.num_cpus, "GPU": e.num_gpus},
+                t.score.rollout_actors,
+            )
+        )
+    return demands
 
 
 #: What each stage needs from the cluster at once, by stage name (a stage not named needs nothing special).

@@ -45,6 +45,11 @@ def test_each_stage_names_its_keys():
     assert train.resources == {"CPU": 1, "GPU": 1} and train.count == 2 and "train.use_gpu=true" in train.key
     assert [d.resources["GPU"] for d in stage_demands(cfg, "eval")] == [1, 0.5]
     assert stage_demands(cfg, "build") == []
+    score = load_config(ROOT / "configs/score.yaml", [])
+    trainers, engines = stage_demands(score, "train")
+    assert trainers.count == 8 and trainers.resources["GPU"] == 1
+    assert engines.count == 8 and engines.resources == {"CPU": 1, "GPU": 1}
+    assert "train.score.rollout_actors=8" in engines.key
 
 
 def test_check_resources_on_a_real_local_ray(ray_local):
