@@ -83,7 +83,8 @@ def _train(cfg: Config) -> tuple[str, str]:
     if out.done():
         s = out.summary()
         return "done", f"{s.get('steps', '?')} steps, model {s.get('model', out.path / 'model')}"
-    checkpoints = sorted((out.path / RUN_NAME).glob("checkpoint_*")) if out.path.exists() else []
+    ray_dir = out.path / RUN_NAME
+    checkpoints = sorted(p for p in ray_dir.glob("checkpoint_*") if p.is_dir()) if out.path.exists() else []
     try:
         progress = json.loads((out.path / PROGRESS_FILE).read_text())
     except (OSError, ValueError):
@@ -146,6 +147,9 @@ def stage_states(cfg: Config) -> list[tuple[str, str, str, Path]]:
     rows = []
     for name, stage in STAGES.items():
         state, detail = READERS.get(name, _default(name))(cfg)
+        skipped = stage.skip_in_run(cfg) if stage.skip_in_run else None
+        if skipped and state == "not started":
+            state, detail = "skipped", "not part of this run: " + skipped
         if stage.in_run or state != "not started":
             rows.append((name, state, detail, cfg.stage_dir(name)))
     return rows
@@ -197,9 +201,9 @@ def status_command(args: argparse.Namespace) -> int:
     rows = stage_states(cfg)
     width = max(len(r[0]) for r in rows)
     for name, state, detail, path in rows:
-        where = f"  {path}" if state != "not started" else ""
+        where = f"  {path}" if state not in ("not started", "skipped") else ""
         print(f"  {name:<{width}}  {state:<11}  {detail}{where}".rstrip())
-    unfinished = any(state != "done" for name, state, _, _ in rows if STAGES[name].in_run)
+    unfinished = any(state not in ("done", "skipped") for name, state, _, _ in rows if STAGES[name].in_run)
     log = run_dir / LOG_DIR / DRIVER_LOG
     error = last_error(log) if unfinished else None
     if error:

@@ -118,3 +118,14 @@ def test_status_of_a_finished_run_shows_no_old_error(tmp_path, capsys):
     assert f"eval      done         base, trained; metrics {run / 'eval' / 'metrics.json'}" in out
     assert "last error" not in out
     assert json.loads((run / "judge" / "_SUCCESS.json").read_text())["shards"] == 3
+
+
+def test_a_score_run_shows_the_offline_stages_as_skipped(tmp_path):
+    from cluster.config import load_config
+    from cluster.status import stage_states
+
+    cfg = load_config(Path(__file__).parents[2] / "configs/score_quickstart.yaml", [f"run_dir={tmp_path}"])
+    states = {name: (state, detail) for name, state, detail, _ in stage_states(cfg)}
+    for name in ("generate", "judge", "build"):
+        assert states[name][0] == "skipped" and "not part of this run" in states[name][1]
+    assert states["train"][0] == "not started"
