@@ -16,6 +16,7 @@ from typing import Any
 
 from cluster.config import Config, ConfigError
 from datagen.shards import StageDir
+from datagen.storage import ObjectPath, StorageError, as_location, check_writable, local_cache
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Stage:
     in_run: bool = True  # part of `selfcorrect run`; otherwise only run by name
     always: bool = False  # cheap and derived from other stages' output: redone every time, never skipped
     skip_in_run: Callable[[Config], str | None] | None = None  # why `selfcorrect run` leaves it out, if it does
+    object_storage: bool = False  # runs with run_dir on object storage (s3://...)
 
     def output(self, cfg: Config) -> StageDir:
         return StageDir(cfg.stage_dir(self.name))
@@ -39,6 +41,23 @@ STAGES: dict[str, Stage] = {}
 def register(stage: Stage) -> Stage:
     STAGES[stage.name] = stage
     return stage
+
+
+def check_run_dir(cfg: Config, stages: list[Stage]) -> str | None:
+    """Refuse, before any stage runs, a run_dir on object storage that a stage cannot use or that cannot be
+    written (``StorageError``); for one that can, return where the logs go instead (they stay on local disk)."""
+    run_dir = as_location(cfg.run_dir)
+    if not isinstance(run_dir, ObjectPath):
+        return None
+    unsupported = [s.name for s in stages if not s.object_storage]
+    if unsupported:
+        raise StorageError(
+            f"run_dir {run_dir}: the {', '.join(unsupported)} stage{'s' if len(unsupported) > 1 else ''} "
+            "cannot write to object storage yet; use a local run_dir for "
+            f"{'them' if len(unsupported) > 1 else 'it'} (generate, judge and build can, run by name)"
+        )
+    check_writable(run_dir)
+    return str(local_cache(run_dir, "logs"))
 
 
 def _generate_prepare(cfg: Config) -> Any:
@@ -67,6 +86,7 @@ register(
         _generate_prepare,
         _generate_run,
         skip_in_run=_offline_data_unused,
+        object_storage=True,
     )
 )
 
@@ -92,6 +112,7 @@ register(
         _judge_prepare,
         _judge_run,
         skip_in_run=_offline_data_unused,
+        object_storage=True,
     )
 )
 
@@ -132,6 +153,7 @@ register(
         _build_run,
         needs_ray=False,
         skip_in_run=_offline_data_unused,
+        object_storage=True,
     )
 )
 
