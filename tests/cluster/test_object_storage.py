@@ -1,0 +1,104 @@
+"""`selfcorrect` with run_dir on object storage, against a real S3-compatible server (moto's, over HTTP):
+generate -> judge -> build on real Ray and real vLLM, and the refusals that come before any work."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from s3_server import BUCKET, s3_env, serve_s3
+
+from cluster.cli import main
+from datagen import storage
+from datagen.shards import StageDir
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module")
+def s3_url(tmp_path_factory):
+    with serve_s3(tmp_path_factory.mktemp("moto") / "moto.log") as url:
+        yield url
+
+
+@pytest.fixture
+def s3(s3_url, monkeypatch):
+    for key, value in s3_env(s3_url).items():
+        monkeypatch.setenv(key, value)
+    storage._s3.cache_clear()
+    yield s3_url
+    storage._s3.cache_clear()
+
+
+def refused(argv: list[str], capsys) -> str:
+    started = time.monotonic()
+    assert main(argv) == 2
+    assert time.monotonic() - started < 20  # refused before any model, Ray or engine starts
+    return capsys.readouterr().err
+
+
+def test_a_missing_bucket_exits_2_naming_it(s3, capsys):
+    err = refused(["generate", "configs/quickstart.yaml", "run_dir=s3://no-such-bucket/run"], capsys)
+    assert "run_dir s3://no-such-bucket/run: the bucket 'no-such-bucket' does not exist" in err
+
+
+def test_missing_credentials_exit_2(s3, capsys, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    err = refused(["judge", "configs/quickstart.yaml", f"run_dir=s3://{BUCKET}/nocreds"], capsys)
+    assert f"run_dir s3://{BUCKET}/nocreds: no S3 credentials" in err
+
+
+def test_a_stage_that_cannot_use_object_storage_is_refused_before_any_runs(s3, capsys):
+    err = refused(["run", "configs/quickstart.yaml", f"run_dir=s3://{BUCKET}/whole"], capsys)
+    assert f"run_dir s3://{BUCKET}/whole: the train, eval, report stages cannot write to object storage" in err
+    err = refused(["train", "configs/quickstart.yaml", f"run_dir=s3://{BUCKET}/whole"], capsys)
+    assert "the train stage cannot write to object storage" in err
+    assert storage.list_names(storage.as_location(f"s3://{BUCKET}/whole")) == []  # nothing written
+
+
+@pytest.mark.slow
+def test_generate_judge_build_on_s3(s3_url, tiny_model_dir, tmp_path):
+    run = f"s3://{BUCKET}/e2e/run"
+    common = [
+        "configs/quickstart.yaml", f"run_dir={run}", f"model={tiny_model_dir}",
+        "prompts.limit=4", "generate.n=2", "generate.max_tokens=8", "generate.shard_size=2",
+        "generate.engine.max_model_len=512", "ray.num_cpus=2", "ray.include_dashboard=false",
+    ]
+    ray_tmp = tempfile.mkdtemp(prefix="raytmp-")  # short: Ray's socket paths go under it
+    env = {**os.environ, **s3_env(s3_url), "PYTHONPATH": str(ROOT), "RAY_TMPDIR": ray_tmp, "HOME": str(tmp_path)}
+    env.pop("RAY_ADDRESS", None)
+
+    def cli(stage: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "cluster.cli", stage, *common], cwd=ROOT, env=env, capture_output=True, timeout=900
+        )
+        assert done.returncode == 0, done.stderr.decode()[-4000:]
+        return done.stderr.decode()
+
+    try:
+        err = cli("generate") + cli("judge") + cli("build")
+        again = cli("generate")
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in s3_env(s3_url).items():
+            mp.setenv(key, value)
+        storage._s3.cache_clear()
+        gen, judged, built = (StageDir(f"{run}/{stage}") for stage in ("generate", "judge", "build"))
+        assert gen.done() and judged.done() and built.done()
+        assert gen.completed_shards() == {0, 1} and judged.completed_shards() == {0, 1}
+        rows = judged.read(columns=["prompt_id", "sample_idx", "verifier_score1"]).to_pylist()
+        assert len({(r["prompt_id"], r["sample_idx"]) for r in rows}) == len(rows) == 8
+        assert built.summary()["rows_in"] == 8 and gen.summary()["samples"] == 8
+        config = storage.read_bytes(storage.as_location(f"{run}/config.yaml")).decode()
+        assert f"run_dir: {run}" in config
+        storage._s3.cache_clear()
+    logs = tmp_path / ".cache/selfcorrect/objects/s3" / BUCKET / "e2e/run/logs"
+    assert f"logs: {logs}" in err and (logs / "driver.log").exists()
+    assert "generate: done already" in again
