@@ -54,7 +54,7 @@ def check_run_dir(cfg: Config, stages: list[Stage]) -> str | None:
         raise StorageError(
             f"run_dir {run_dir}: the {', '.join(unsupported)} stage{'s' if len(unsupported) > 1 else ''} "
             "cannot write to object storage yet; use a local run_dir for "
-            f"{'them' if len(unsupported) > 1 else 'it'} (generate, judge and build can, run by name)"
+            f"{'them' if len(unsupported) > 1 else 'it'} (generate, judge, build and export can, run by name)"
         )
     check_writable(run_dir)
     return str(local_cache(run_dir, "logs"))
@@ -176,6 +176,7 @@ register(
         _export_run,
         needs_ray=False,
         in_run=False,
+        object_storage=True,
     )
 )
 

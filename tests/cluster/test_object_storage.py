@@ -13,8 +13,10 @@ import pytest
 from s3_server import BUCKET, s3_env, serve_s3
 
 from cluster.cli import main
+from cluster.config import load_config
 from datagen import storage
 from datagen.shards import StageDir
+from rl.export import run_export
 
 ROOT = Path(__file__).parents[2]
 
@@ -39,6 +41,12 @@ def refused(argv: list[str], capsys) -> str:
     assert main(argv) == 2
     assert time.monotonic() - started < 20  # refused before any model, Ray or engine starts
     return capsys.readouterr().err
+
+
+def test_the_config_keeps_a_uri_run_dir_as_is():
+    cfg = load_config(None, ["run_dir=s3://bucket/runs/one"])
+    assert cfg.run_dir == "s3://bucket/runs/one" and str(cfg.stage_dir("judge")) == "s3://bucket/runs/one/judge"
+    assert Path(load_config(None, ["run_dir=runs/one"]).run_dir).is_absolute()
 
 
 def test_a_missing_bucket_exits_2_naming_it(s3, capsys):
@@ -98,6 +106,8 @@ def test_generate_judge_build_on_s3(s3_url, tiny_model_dir, tmp_path):
         assert built.summary()["rows_in"] == 8 and gen.summary()["samples"] == 8
         config = storage.read_bytes(storage.as_location(f"{run}/config.yaml")).decode()
         assert f"run_dir: {run}" in config
+        exported = run_export(built, f"{run}/export")
+        assert storage.read_json(storage.as_location(f"{run}/export/_SUCCESS.json")) == exported
         storage._s3.cache_clear()
     logs = tmp_path / ".cache/selfcorrect/objects/s3" / BUCKET / "e2e/run/logs"
     assert f"logs: {logs}" in err and (logs / "driver.log").exists()
