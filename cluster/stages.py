@@ -9,14 +9,15 @@ whole config here and hands its components only the parts they need.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cluster.config import Config, ConfigError
-from datagen.shards import StageDir
-from datagen.storage import ObjectPath, StorageError, as_location, check_writable, local_cache
+from datagen.shards import STAGE_FILE, SUCCESS_FILE, StageDir
+from datagen.storage import ObjectPath, StorageError, as_location, check_writable, local_cache, upload_folder
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def check_run_dir(cfg: Config, stages: list[Stage]) -> str | None:
         raise StorageError(
             f"run_dir {run_dir}: the {', '.join(unsupported)} stage{'s' if len(unsupported) > 1 else ''} "
             "cannot write to object storage yet; use a local run_dir for "
-            f"{'them' if len(unsupported) > 1 else 'it'} (generate, judge, build and export can, run by name)"
+            f"{'them' if len(unsupported) > 1 else 'it'} (generate, judge, build, export and train can, run by name)"
         )
     check_writable(run_dir)
     return str(local_cache(run_dir, "logs"))
@@ -187,6 +188,11 @@ def _train_prepare(cfg: Config) -> Any:
     from datagen.models import resolve_model
     from rl.train import check_data, train_fingerprint
 
+    if cfg.train.algorithm == "score" and isinstance(as_location(cfg.run_dir), ObjectPath):
+        raise StorageError(
+            f"run_dir {cfg.run_dir}: the train stage with train.algorithm=score cannot write to object storage yet; "
+            "use a local run_dir"
+        )
     model_path = resolve_model(cfg.model, cfg.model_cache)
     if cfg.train.algorithm == "score":
         return _score_prepare(cfg, model_path)
@@ -233,7 +239,21 @@ def _train_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
     from rl.train import run_train
 
     build_dir = StageDir(cfg.stage_dir("build"))
-    return run_train(cfg.train, plan.model_path, build_dir, cfg.stage_dir("train"), overwrite, report=plan.report)
+    out = StageDir(cfg.stage_dir("train"))
+    if not isinstance(out.path, ObjectPath):
+        return run_train(cfg.train, plan.model_path, build_dir, out.path, overwrite, report=plan.report)
+    # On object storage: Ray Train's checkpoints go there directly (a new driver anywhere resumes from
+    # them); the folder the workers append metrics to is a local mirror, uploaded when training ends.
+    out.start(plan.fingerprint, overwrite=overwrite)  # other settings refused; --overwrite drops old checkpoints
+    mirror = local_cache(out.path.parent, "train")
+    summary = run_train(
+        cfg.train, plan.model_path, build_dir, mirror, overwrite, report=plan.report, checkpoints=out.path
+    )
+    upload_folder(mirror, out.path, skip=(STAGE_FILE, SUCCESS_FILE))
+    # the paths it reports (model, adapter) name the mirror: name the objects instead
+    summary = json.loads(json.dumps(summary).replace(json.dumps(str(mirror))[1:-1], str(out.path)))
+    out.mark_done(summary)  # last: the model and its metrics are in place
+    return summary
 
 
 register(
@@ -242,6 +262,7 @@ register(
         "DPO, SFT or SCoRe on Ray Train with LoRA; checkpoints, resume, final model in RUN_DIR/train/model",
         _train_prepare,
         _train_run,
+        object_storage=True,  # DPO and SFT; SCoRe refuses a URI in its prepare
     )
 )
 

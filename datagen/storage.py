@@ -221,6 +221,18 @@ def read_table(path: str | Location, columns: list[str] | None = None) -> pa.Tab
     return pq.read_table(inner, columns=columns, filesystem=fs)
 
 
+def upload_folder(local: Path, dest: ObjectPath, skip: tuple[str, ...] = ()) -> None:
+    """Copy the files under ``local`` to ``dest`` (streamed, each object visible once whole), but ``skip``."""
+    fs, inner = filesystem(dest)
+    for entry in sorted(local.iterdir()):
+        if entry.name in skip or entry.name.startswith("."):
+            continue
+        target = f"{inner}/{entry.name}"
+        if entry.is_dir():
+            fs.delete_dir_contents(target, missing_dir_ok=True)  # a folder replaced whole: no stale files
+        pafs.copy_files(str(entry), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
 def local_cache(path: Location, name: str) -> Path:
     """A local folder standing in for ``path/name`` when ``path`` is on object storage (a cache of API
     answers, say, which takes one small file per request); ``path/name`` itself when local."""
