@@ -229,7 +229,8 @@ def upload_folder(local: Path, dest: ObjectPath, skip: tuple[str, ...] = ()) -> 
             continue
         target = f"{inner}/{entry.name}"
         if entry.is_dir():
-            fs.delete_dir_contents(target, missing_dir_ok=True)  # a folder replaced whole: no stale files
+            # no stale files from an earlier upload; the stage marks itself done only after this
+            fs.delete_dir_contents(target, missing_dir_ok=True)
         pafs.copy_files(str(entry), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
