@@ -13,9 +13,10 @@ import yaml
 from cluster import jobs, status
 from cluster.config import Config, ConfigError, load_config
 from cluster.console import LOG_DIR, Console, summarize
-from cluster.stages import STAGES, Stage
+from cluster.stages import STAGES, Stage, check_run_dir
 from datagen import progress
 from datagen.shards import atomic_write_bytes
+from datagen.storage import StorageError, as_location, makedirs
 
 DESCRIPTION = """\
 Teach a language model to correct itself: generate samples and second attempts with vLLM,
@@ -53,7 +54,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from datagen.prompts import PromptError
     from datagen.shards import StageInputError, StageMismatchError
 
-    return (ConfigError, PromptError, ModelNotFoundError, StageMismatchError, StageInputError)
+    return (ConfigError, PromptError, ModelNotFoundError, StageMismatchError, StageInputError, StorageError)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -98,6 +99,9 @@ def _run_stages(cfg: Config, stages: list[Stage], overwrite: bool, console: Cons
     from cluster.runtime import check_resources, init_ray, stage_demands
 
     checked = False
+    local_logs = check_run_dir(cfg, stages)
+    if local_logs:
+        console.say(f"logs: {local_logs} (run_dir is on object storage; the logs stay on this machine)")
     for stage in stages:
         out = stage.output(cfg)
         plan = stage.prepare(cfg)
@@ -108,7 +112,7 @@ def _run_stages(cfg: Config, stages: list[Stage], overwrite: bool, console: Cons
             console.say(f"{stage.name}: done already ({out.path}); --overwrite redoes it")
             continue
         # Past the checks: from here on the run directory holds the log (and the config, for the report).
-        console.settle(Path(cfg.run_dir) / LOG_DIR)
+        console.settle(Path(local_logs) if local_logs else Path(cfg.run_dir) / LOG_DIR)
         if not stage.always:
             _write_config(cfg)
         if stage.needs_ray:
@@ -133,8 +137,8 @@ def _run_stages(cfg: Config, stages: list[Stage], overwrite: bool, console: Cons
 
 def _write_config(cfg: Config) -> None:
     """The resolved config (every default filled in) beside the stages' output, for the report."""
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = as_location(cfg.run_dir)
+    makedirs(run_dir)
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode())
 
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from datagen.config import GenerateConfig, JudgePoolConfig, PromptsConfig, Strict
+from datagen.storage import Location, as_location, is_uri
 from judges.config import JudgesConfig, default_judges
 from rl.config import BuildConfig, EvalConfig, TrainConfig
 
@@ -49,10 +50,11 @@ class Config(Strict):
     @classmethod
     def _absolute(cls, value: str) -> str:
         # Ray Train workers run in a directory of their own: a relative path must not reach them.
-        return str(Path(value).expanduser().absolute())
+        # A URI (s3://bucket/run) is kept as is.
+        return value if is_uri(value) else str(Path(value).expanduser().absolute())
 
-    def stage_dir(self, stage: str) -> Path:
-        return Path(self.run_dir) / stage
+    def stage_dir(self, stage: str) -> Location:
+        return as_location(self.run_dir) / stage
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

@@ -9,13 +9,15 @@ whole config here and hands its components only the parts they need.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cluster.config import Config, ConfigError
-from datagen.shards import StageDir
+from datagen.shards import STAGE_FILE, SUCCESS_FILE, StageDir
+from datagen.storage import ObjectPath, StorageError, as_location, check_writable, local_cache, upload_folder
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Stage:
     in_run: bool = True  # part of `selfcorrect run`; otherwise only run by name
     always: bool = False  # cheap and derived from other stages' output: redone every time, never skipped
     skip_in_run: Callable[[Config], str | None] | None = None  # why `selfcorrect run` leaves it out, if it does
+    object_storage: bool = False  # runs with run_dir on object storage (s3://...)
 
     def output(self, cfg: Config) -> StageDir:
         return StageDir(cfg.stage_dir(self.name))
@@ -39,6 +42,23 @@ STAGES: dict[str, Stage] = {}
 def register(stage: Stage) -> Stage:
     STAGES[stage.name] = stage
     return stage
+
+
+def check_run_dir(cfg: Config, stages: list[Stage]) -> str | None:
+    """Refuse, before any stage runs, a run_dir on object storage that a stage cannot use or that cannot be
+    written (``StorageError``); for one that can, return where the logs go instead (they stay on local disk)."""
+    run_dir = as_location(cfg.run_dir)
+    if not isinstance(run_dir, ObjectPath):
+        return None
+    unsupported = [s.name for s in stages if not s.object_storage]
+    if unsupported:
+        raise StorageError(
+            f"run_dir {run_dir}: the {', '.join(unsupported)} stage{'s' if len(unsupported) > 1 else ''} "
+            "cannot write to object storage yet; use a local run_dir for "
+            f"{'them' if len(unsupported) > 1 else 'it'} (generate, judge, build, export and train can, run by name)"
+        )
+    check_writable(run_dir)
+    return str(local_cache(run_dir, "logs"))
 
 
 def _generate_prepare(cfg: Config) -> Any:
@@ -67,6 +87,7 @@ register(
         _generate_prepare,
         _generate_run,
         skip_in_run=_offline_data_unused,
+        object_storage=True,
     )
 )
 
@@ -92,6 +113,7 @@ register(
         _judge_prepare,
         _judge_run,
         skip_in_run=_offline_data_unused,
+        object_storage=True,
     )
 )
 
@@ -132,6 +154,7 @@ register(
         _build_run,
         needs_ray=False,
         skip_in_run=_offline_data_unused,
+        object_storage=True,
     )
 )
 
@@ -154,6 +177,7 @@ register(
         _export_run,
         needs_ray=False,
         in_run=False,
+        object_storage=True,
     )
 )
 
@@ -164,6 +188,11 @@ def _train_prepare(cfg: Config) -> Any:
     from datagen.models import resolve_model
     from rl.train import check_data, train_fingerprint
 
+    if cfg.train.algorithm == "score" and isinstance(as_location(cfg.run_dir), ObjectPath):
+        raise StorageError(
+            f"run_dir {cfg.run_dir}: the train stage with train.algorithm=score cannot write to object storage yet; "
+            "use a local run_dir"
+        )
     model_path = resolve_model(cfg.model, cfg.model_cache)
     if cfg.train.algorithm == "score":
         return _score_prepare(cfg, model_path)
@@ -210,7 +239,21 @@ def _train_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
     from rl.train import run_train
 
     build_dir = StageDir(cfg.stage_dir("build"))
-    return run_train(cfg.train, plan.model_path, build_dir, cfg.stage_dir("train"), overwrite, report=plan.report)
+    out = StageDir(cfg.stage_dir("train"))
+    if not isinstance(out.path, ObjectPath):
+        return run_train(cfg.train, plan.model_path, build_dir, out.path, overwrite, report=plan.report)
+    # On object storage: Ray Train's checkpoints go there directly (a new driver anywhere resumes from
+    # them); the folder the workers append metrics to is a local mirror, uploaded when training ends.
+    out.start(plan.fingerprint, overwrite=overwrite)  # other settings refused; --overwrite drops old checkpoints
+    mirror = local_cache(out.path.parent, "train")
+    summary = run_train(
+        cfg.train, plan.model_path, build_dir, mirror, overwrite, report=plan.report, checkpoints=out.path
+    )
+    upload_folder(mirror, out.path, skip=(STAGE_FILE, SUCCESS_FILE))
+    # the paths it reports (model, adapter) name the mirror: name the objects instead
+    summary = json.loads(json.dumps(summary).replace(json.dumps(str(mirror))[1:-1], str(out.path)))
+    out.mark_done(summary)  # last: the model and its metrics are in place
+    return summary
 
 
 register(
@@ -219,6 +262,7 @@ register(
         "DPO, SFT or SCoRe on Ray Train with LoRA; checkpoints, resume, final model in RUN_DIR/train/model",
         _train_prepare,
         _train_run,
+        object_storage=True,  # DPO and SFT; SCoRe refuses a URI in its prepare
     )
 )
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from datagen import metrics
+from datagen import metrics, storage
 from datagen.config import TEACHER_PLACEMENT, GenerateConfig, PromptsConfig
 from datagen.engine import GenerationWorker, engine_env
 from datagen.models import resolve_model
@@ -110,8 +110,9 @@ def run_generate(
     engine = plan.cfg.engine
     generate = plan.cfg.model_dump()
     if generate["teacher"] is not None and generate["teacher"]["cache_dir"] is None:
-        # Outside the stage directory, so even --overwrite reuses the teacher's paid-for answers.
-        generate["teacher"]["cache_dir"] = str((out.path.parent / "teacher_cache").absolute())
+        # Outside the stage directory, so even --overwrite reuses the teacher's paid-for answers. A run on
+        # object storage keeps it on local disk: one small file per request is no job for an object store.
+        generate["teacher"]["cache_dir"] = str(storage.local_cache(out.path.parent, "teacher_cache"))
     started = time.perf_counter()
     started_at = time.time()
     manifest = run_shard_stage(

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from datagen import metrics
+from datagen import metrics, storage
 from datagen.config import EngineConfig, JudgePoolConfig
 from datagen.engine import engine_env, engine_kwargs
 from datagen.models import resolve_model
@@ -85,7 +84,9 @@ def plan_judge(
     """Check the judge settings and the generate output, and fill in run-dependent defaults."""
     if not judges:
         raise JudgeStageError("no judges configured: add a 'judges:' section (e.g. judges.verifier={})")
-    inputs = StageDir(Path(run_dir).expanduser() / "generate")
+    run = storage.as_location(run_dir)
+    run = run.expanduser() if isinstance(run, Path) else run
+    inputs = StageDir(run / "generate")
     if not inputs.done():
         raise JudgeStageError(f"{inputs.path} is not complete: run the generate stage first")
     filled: dict[str, JudgeSettings] = {}
@@ -95,7 +96,8 @@ def plan_judge(
         update: dict[str, Any] = {}
         if settings.type == "openai":
             if settings.cache_dir is None:
-                update["cache_dir"] = str(Path(run_dir).expanduser() / "judge_cache" / name)
+                # on local disk when the run is on object storage: one small file per request
+                update["cache_dir"] = str(storage.local_cache(run, "judge_cache") / name)
             # the limits are the API's, shared by every actor that may be calling it
             for key in ("requests_per_min", "tokens_per_min"):
                 if getattr(settings, key) is not None:
@@ -113,7 +115,7 @@ def plan_judge(
         filled[name] = judge_settings(name, settings.model_dump())  # re-validated after the update
         num_gpus = max(num_gpus, float(getattr(filled[name], "num_gpus", 0) or 0))
     fingerprint = {
-        "generate": json.loads((inputs.path / "_stage.json").read_text()),
+        "generate": storage.read_json(inputs.path / "_stage.json"),
         "judges": {n: s.model_dump(exclude=PLACEMENT_KEYS) for n, s in filled.items()},
         "versions": judge_versions(filled),
     }
@@ -149,7 +151,7 @@ class JudgeWorker:
         self.tags = tags or {"stage": "judge", "run": ""}  # the Ray metrics' tags
 
     def __call__(self, task: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
-        table = pq.read_table(task["path"])
+        table = storage.read_table(task["path"])
         return self.judge_table(table)
 
     def judge_table(self, table: pa.Table) -> tuple[pa.Table, dict[str, Any]]:

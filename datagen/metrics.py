@@ -19,9 +19,11 @@ import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from statistics import fmean
 from typing import Any, Literal
+
+from datagen.storage import ObjectPath, as_location
 
 TAG_KEYS = ("stage", "run")
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
@@ -66,19 +68,27 @@ def exported_names() -> set[str]:
     return {f"ray_{name}{suffix}" for name, spec in SPECS.items() for suffix in SUFFIXES[spec.kind]}
 
 
-def run_name(run_dir: str | Path) -> str:
+def _posix(path: str | Path | ObjectPath) -> PurePosixPath:
+    """A local path made absolute, or a URI's bucket and key (``s3://b/run`` -> ``/b/run``)."""
+    loc = as_location(path) if not isinstance(path, Path) else path
+    if isinstance(loc, ObjectPath):
+        return PurePosixPath("/" + loc.key)
+    return PurePosixPath(loc.expanduser().resolve().as_posix())
+
+
+def run_name(run_dir: str | Path | ObjectPath) -> str:
     """The ``run`` tag: the run directory's name (``runs/quickstart`` -> ``quickstart``)."""
-    return Path(run_dir).expanduser().resolve().name
+    return _posix(run_dir).name
 
 
-def stage_tags(stage_dir: str | Path, run_dir: str | Path | None = None) -> dict[str, str]:
+def stage_tags(stage_dir: str | Path | ObjectPath, run_dir: str | Path | ObjectPath | None = None) -> dict[str, str]:
     """Tags for a stage writing into ``stage_dir`` of the run in ``run_dir`` (default: its parent).
 
     >>> stage_tags("/r/quick/eval/base/generate", "/r/quick")
     {'stage': 'eval/base/generate', 'run': 'quick'}
     """
-    stage_path = Path(stage_dir).expanduser().resolve()
-    root = stage_path.parent if run_dir is None else Path(run_dir).expanduser().resolve()
+    stage_path = _posix(stage_dir)
+    root = stage_path.parent if run_dir is None else _posix(run_dir)
     inside = stage_path.is_relative_to(root) and stage_path != root
     return {"stage": stage_path.relative_to(root).as_posix() if inside else stage_path.name, "run": run_name(root)}
 

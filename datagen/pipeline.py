@@ -3,9 +3,10 @@
 The input is one small task per pending shard (a shard of prompts, or the path of the previous
 stage's shard). Each actor builds its worker once (a vLLM engine, a judge model) and, per task,
 computes the shard's table and writes it with ``StageDir.write_shard``: a deterministic name and
-an atomic rename, so a task that Ray retries after an actor died, or a stage started again after a
-kill, still leaves every shard once. Only a small manifest row per shard travels back to the
-driver, which keeps the driver's memory flat however many prompts there are.
+an atomic publish (a rename, or one upload on object storage), so a task that Ray retries after an
+actor died, or a stage started again after a kill, still leaves every shard once. Only a small
+manifest row per shard travels back to the driver, which keeps the driver's memory flat however
+many prompts there are.
 """
 
 from __future__ import annotations

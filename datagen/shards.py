@@ -9,13 +9,15 @@ so a reader (``pyarrow.dataset`` ignores names starting with ``.`` or ``_``) onl
 files, and a shard that is written twice (a retried task, a restarted stage) ends up once under
 its deterministic name. A stage killed at any moment and started again skips the shards whose
 files exist and redoes the rest: every record exactly once.
+
+The directory may be a URI on object storage (``s3://bucket/run/generate``): there a shard is one
+upload under its final name instead of a rename, as ``datagen.storage`` explains, and the same
+guarantees hold.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+
+from datagen import storage
+from datagen.storage import Location, ObjectPath
 
 STAGE_FILE = "_stage.json"
 SUCCESS_FILE = "_SUCCESS.json"
@@ -49,43 +54,38 @@ def shard_index(name: str) -> int | None:
     return None
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Location, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    storage.write_bytes(path, data)
 
 
-def atomic_write_json(path: Path, obj: Any, sort_keys: bool = True) -> None:
+def atomic_write_json(path: Location, obj: Any, sort_keys: bool = True) -> None:
     # sort_keys=False keeps an order that means something (the eval's models, in table order)
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n").encode())
+    storage.write_json(path, obj, sort_keys=sort_keys)
 
 
 class StageDir:
-    """The output directory of one stage of a run."""
+    """The output directory of one stage of a run: a local folder or a prefix on object storage."""
 
-    def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike[str] | ObjectPath):
+        self.path: Location = storage.as_location(path)
 
     def done(self) -> bool:
-        return (self.path / SUCCESS_FILE).exists()
+        return storage.exists(self.path / SUCCESS_FILE)
 
     def summary(self) -> dict[str, Any]:
-        return json.loads((self.path / SUCCESS_FILE).read_text())
+        return storage.read_json(self.path / SUCCESS_FILE)
 
     def check(self, fingerprint: dict[str, Any]) -> None:
         """Raise ``StageMismatchError`` if existing output was made with other settings."""
         stage_file = self.path / STAGE_FILE
-        if not stage_file.exists():
-            if any(self.path.glob("part-*.parquet")):
+        if not storage.exists(stage_file):
+            if self.completed_shards():
                 raise StageMismatchError(
                     f"{self.path} holds shards but no {STAGE_FILE}; pass --overwrite to redo it"
                 )
             return
-        previous = json.loads(stage_file.read_text())
+        previous = storage.read_json(stage_file)
         if previous != fingerprint:
             changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
             raise StageMismatchError(
@@ -99,24 +99,29 @@ class StageDir:
         Output left by a killed run with the same fingerprint is kept (it is resumed); output from
         other settings is an error unless ``overwrite``, which removes it.
         """
-        if overwrite and self.path.exists():
-            shutil.rmtree(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            storage.delete_prefix(self.path)
+        storage.makedirs(self.path)
         self.check(fingerprint)
-        if not (self.path / STAGE_FILE).exists():
+        if not storage.exists(self.path / STAGE_FILE):
             atomic_write_json(self.path / STAGE_FILE, fingerprint)
-        for tmp in self.path.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        if isinstance(self.path, Path):  # object storage has no temporary files to sweep
+            for tmp in self.path.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def completed_shards(self) -> set[int]:
-        if not self.path.exists():
-            return set()
-        found = (shard_index(p.name) for p in self.path.iterdir())
+        found = (shard_index(name) for name in storage.list_names(self.path))
         return {i for i in found if i is not None}
 
-    def write_shard(self, index: int, table: pa.Table) -> Path:
+    def write_shard(self, index: int, table: pa.Table) -> Location:
         """Write one shard atomically under its deterministic name."""
         final = self.path / shard_name(index)
+        if isinstance(final, ObjectPath):
+            # Whole in memory, then one upload: an object appears complete or not at all.
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            storage.write_bytes(final, sink.getvalue())
+            return final
         tmp = self.path / f".{final.name}.{uuid.uuid4().hex}.tmp"
         pq.write_table(table, tmp)
         with open(tmp, "rb+") as f:
@@ -128,10 +133,15 @@ class StageDir:
         atomic_write_json(self.path / SUCCESS_FILE, summary)
 
     def dataset(self) -> pads.Dataset:
-        return pads.dataset(str(self.path), format="parquet")
+        if isinstance(self.path, Path):
+            return pads.dataset(str(self.path), format="parquet")
+        fs, inner = storage.filesystem(self.path)
+        # Only the shards: the markers and a probe object (names starting with "_") are skipped anyway.
+        files = [f"{inner}/{shard_name(i)}" for i in sorted(self.completed_shards())]
+        return pads.dataset(files, filesystem=fs, format="parquet")
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         return self.dataset().to_table(columns=columns)
 
-    def shard_paths(self) -> list[Path]:
-        return sorted(self.path / shard_name(i) for i in self.completed_shards())
+    def shard_paths(self) -> list[Location]:
+        return sorted((self.path / shard_name(i) for i in self.completed_shards()), key=str)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from datagen import storage
 from datagen.shards import StageDir, StageInputError
 from rl.builders import BuildResult, get_builder
 from rl.config import BuildConfig
@@ -17,7 +18,7 @@ def _input_fingerprint(judge_dir: StageDir) -> str:
     """Names and sizes of the judged shards: a rebuilt judge stage invalidates the build."""
     h = hashlib.sha256()
     for path in judge_dir.shard_paths():
-        h.update(f"{path.name}:{path.stat().st_size};".encode())
+        h.update(f"{path.name}:{storage.size(path)};".encode())
     return h.hexdigest()[:16]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from datagen import storage
 from datagen.shards import StageDir, atomic_write_bytes, atomic_write_json
 from rl.build import read_built
 
@@ -49,13 +50,13 @@ def to_alpaca(row: dict[str, Any]) -> dict[str, Any]:
     return {**_split_chat(row["prompt"]), "output": row["chosen"][-1]["content"]}
 
 
-def run_export(build_dir: StageDir, out_dir: str | Path) -> dict[str, Any]:
+def run_export(build_dir: StageDir, out_dir: str | Path | storage.ObjectPath) -> dict[str, Any]:
     """Write the exports under ``out_dir``; return the files written and their row counts."""
     import json
 
     rows = read_built(build_dir).to_pylist()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.as_location(out_dir)
+    storage.makedirs(out)
     written: dict[str, int] = {}
     info: dict[str, Any] = {}
     if rows and "chosen" in rows[0]:

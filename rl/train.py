@@ -42,6 +42,7 @@ from torch.utils.data import Sampler
 
 from datagen.metrics import record_train, stage_tags
 from datagen.shards import StageDir, StageInputError, atomic_write_bytes, atomic_write_json
+from datagen.storage import Location, ObjectPath, filesystem, read_json, read_table
 from rl.config import TrainConfig
 
 RUN_NAME = "ray"
@@ -274,9 +275,8 @@ def _load_dataset(paths: list[str], algorithm: str, exclude: frozenset[str] = fr
     """The build's examples as a ``datasets.Dataset``, less the ``exclude`` pair ids (counted upstream)."""
     import datasets
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    table = pa.concat_tables([pq.read_table(p) for p in paths])
+    table = pa.concat_tables([read_table(p) for p in paths])  # local files or objects
     if exclude:
         keep = [pid not in exclude for pid in table["pair_id"].to_pylist()]
         table = table.filter(pa.array(keep, pa.bool_()))
@@ -598,14 +598,17 @@ def sft_first_config(cfg: TrainConfig) -> TrainConfig:
 def train_fingerprint(cfg: TrainConfig, model_path: str, build_dir: StageDir) -> dict[str, Any]:
     """The settings and inputs that shape the trained model (the build by its own fingerprint)."""
     stage_file = build_dir.path / "_stage.json"
-    build = json.loads(stage_file.read_text()) if stage_file.exists() else None
+    try:
+        build = read_json(stage_file)
+    except FileNotFoundError:
+        build = None
     return {"train": cfg.model_dump(mode="json"), "model": model_path, "build": build}
 
 
-def make_trainer(loop: Any, loop_cfg: dict[str, Any], cfg: TrainConfig, storage: Path) -> Any:
+def make_trainer(loop: Any, loop_cfg: dict[str, Any], cfg: TrainConfig, storage: Location) -> Any:
     """A ``TorchTrainer`` running ``loop`` on ``cfg.num_workers`` workers, checkpoints under ``storage/ray``.
 
-    The same (storage, name) resumes a run whose driver died.
+    The same (storage, name) resumes a run whose driver died. ``storage`` may be on object storage.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -620,11 +623,18 @@ def make_trainer(loop: Any, loop_cfg: dict[str, Any], cfg: TrainConfig, storage:
         ),
         run_config=RunConfig(
             name=RUN_NAME,
-            storage_path=str(storage.resolve()),
+            **_storage_args(storage),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
     )
+
+
+def _storage_args(storage: Location) -> dict[str, Any]:
+    if isinstance(storage, ObjectPath):
+        fs, inner = filesystem(storage)
+        return {"storage_path": inner, "storage_filesystem": fs}
+    return {"storage_path": str(storage.resolve())}
 
 
 def publish_final(checkpoint: Any, out: Path) -> dict[str, Any]:
@@ -653,8 +663,11 @@ def run_train(
     callbacks: list | None = None,
     report: dict[str, Any] | None = None,
     tags: dict[str, str] | None = None,
+    checkpoints: Location | None = None,
 ) -> dict[str, Any]:
     """Train on the build stage's output; the final model lands in ``out_dir/model``.
+
+    Ray Train's checkpoints go under ``checkpoints`` (default ``out_dir``), which may be on object storage.
 
     A finished run is kept; a run stopped part way resumes from its last checkpoint. Needs Ray
     initialised. ``callbacks`` are extra ``transformers.TrainerCallback`` objects for the workers;
@@ -676,7 +689,10 @@ def run_train(
     if cfg.sft_first is not None:
         sft_cfg = sft_first_config(cfg)
         sft_tags = {**tags, "stage": f"{tags['stage']}/sft"}
-        sft_summary = run_train(sft_cfg, model_path, build_dir, out.path / "sft", False, callbacks, report, sft_tags)
+        sft_summary = run_train(
+            sft_cfg, model_path, build_dir, out.path / "sft", False, callbacks, report, sft_tags,
+            checkpoints / "sft" if checkpoints is not None else None,
+        )
         model_path = sft_summary["model"]
     loop_cfg = {
         "train": cfg.model_dump(mode="json"),
@@ -690,7 +706,7 @@ def run_train(
         "metric_tags": tags,
         "callbacks": callbacks or [],
     }
-    trainer = make_trainer(train_loop, loop_cfg, cfg, out.path)
+    trainer = make_trainer(train_loop, loop_cfg, cfg, checkpoints if checkpoints is not None else out.path)
     start = time.perf_counter()
     with _step_bar(out.path / PROGRESS_FILE):
         result = trainer.fit()
