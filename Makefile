@@ -37,6 +37,8 @@ bench: install
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_quickstart.py
 	$(PY) benchmarks/bench_eval.py
+	$(PY) benchmarks/bench_score.py
+	$(PY) benchmarks/bench_submit.py
 
 clean:
 	rm -rf $(VENV) runs
