@@ -51,6 +51,7 @@ from judges.config import JudgeSettings
 from rl.config import JUDGE_SCALES, TrainConfig
 from rl.score_math import (
     check_lag,
+    kept_candidate,
     kl_estimate,
     kl_penalty,
     policy_loss,
@@ -468,9 +469,11 @@ def score_loop(c: dict[str, Any]) -> None:
         acc2 = fmean(e["reward2"] for e in valid) if valid else float("nan")
         # the training reward of the weights that sampled this batch; keep: best snapshots them before the update
         state["window"] = ([*state["window"], (acc1 + acc2) / 2] if valid else state["window"])[-s.select_window :]
-        window = fmean(state["window"]) if state["window"] else float("-inf")
-        if rank == 0 and s.keep == "best" and valid and (state["best"] is None or window > state["best"]["reward"]):
-            state["best"] = {"reward": window, "step": step, "version": state["version"]}
+        window = fmean(state["window"]) if state["window"] else float("nan")
+        best = state["best"]["reward"] if state["best"] else None
+        candidate = kept_candidate(state["window"], s.select_window, state["version"], best) if valid else None
+        if rank == 0 and s.keep == "best" and candidate is not None:
+            state["best"] = {"reward": candidate, "step": step, "version": state["version"]}
             best_weights = _trainable_state(model)
         train_started = time.perf_counter()
         numbers = train_step(model, ref, optimizer, episodes, stage, t, rank, world, pad_id, device)

@@ -179,6 +179,21 @@ class StaleBatchError(RuntimeError):
     pass
 
 
+def kept_candidate(window: Sequence[float], size: int, version: int, best: float | None) -> float | None:
+    """The training reward (mean over the last ``size`` steps) if the current weights beat ``best``, else None.
+
+    SCoRe keeps the checkpoint with the highest training reward (Kumar et al. 2024, Sec. 6). Only a
+    full window counts, and never the starting weights (version 0): one lucky batch is not a result.
+
+    >>> kept_candidate([0.5], 3, 1, None), kept_candidate([0.1, 0.2, 0.3], 3, 2, 0.1)
+    (None, 0.2)
+    """
+    if len(window) < size or version == 0:
+        return None
+    mean = sum(window[-size:]) / size
+    return mean if best is None or mean > best else None
+
+
 def reward_from_score(score: float | None, scale: tuple[float, float] | None) -> float | None:
     """A judge's score as a reward in [0, 1] (its known scale mapped linearly), or None when unusable.
 

@@ -132,3 +132,13 @@ def test_lag_check_refuses_stale_and_future_batches():
 def test_reward_from_score(score, scale, reward):
     got = reward_from_score(score, scale)
     assert got == (pytest.approx(reward) if reward is not None else None)
+
+
+def test_kept_candidate_needs_a_full_window_and_moved_weights():
+    from rl.score_math import kept_candidate
+
+    assert kept_candidate([0.9], 1, 0, None) is None  # the starting weights are never "trained"
+    assert kept_candidate([0.9, 0.1], 3, 2, None) is None  # window not full yet
+    assert kept_candidate([0.1, 0.2, 0.3], 3, 3, None) == pytest.approx(0.2)
+    assert kept_candidate([0.1, 0.2, 0.3], 3, 3, 0.2) is None  # not better than the kept 0.2
+    assert kept_candidate([0.4, 0.2, 0.3], 3, 4, 0.2) == pytest.approx(0.3)
