@@ -145,7 +145,8 @@ def test_score_two_stages_survive_a_dead_engine_and_a_dead_trainer(tmp_path, tin
 def test_score_adapter_sync_serves_the_trainers_lora(tmp_path, tiny_model_dir):
     """weight_sync: adapter — the engine serves the trainer's LoRA adapter, never the merged weights."""
     config = _config(tmp_path, tiny_model_dir, stage1_steps=1, stage2_steps=2, weight_sync="adapter")
-    proc = _cli("train", str(config), "train.score.overlap=true", "train.score.keep=best", "train.score.select_window=1")
+    overrides = ("train.score.overlap=true", "train.score.keep=best", "train.score.select_window=1")
+    proc = _cli("train", str(config), *overrides)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "train" / "_SUCCESS.json").read_text())
     assert summary["kept"] == "best" and summary["kept_step"] >= 1  # never the starting weights

@@ -140,5 +140,5 @@ def test_kept_candidate_needs_a_full_window_and_moved_weights():
     assert kept_candidate([0.9], 1, 0, None) is None  # the starting weights are never "trained"
     assert kept_candidate([0.9, 0.1], 3, 2, None) is None  # window not full yet
     assert kept_candidate([0.1, 0.2, 0.3], 3, 3, None) == pytest.approx(0.2)
-    assert kept_candidate([0.1, 0.2, 0.3], 3, 3, 0.2) is None  # not better than the kept 0.2
+    assert kept_candidate([0.1, 0.2, 0.3], 3, 3, 0.25) is None  # not better than the kept 0.25
     assert kept_candidate([0.4, 0.2, 0.3], 3, 4, 0.2) == pytest.approx(0.3)
