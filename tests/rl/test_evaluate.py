@@ -178,14 +178,14 @@ TWO = [(True, True), (True, True), (False, True), (False, True)]
 
 
 def write_rows(stage: StageDir, plan, outcomes, unjudgeable=()):
-    from datagen.turns import _row
+    from datagen.turns import sample_row
 
     stage.start(plan.fingerprint)
     for i, shard in enumerate(plan.shards()):
         rows = []
         for p in shard:
             k = [q.prompt_id for q in plan.prompts].index(p.prompt_id)
-            row = _row(p, 0, plan.cfg, plan.model, plan.seed)
+            row = sample_row(p, 0, plan.cfg, plan.model, plan.seed)
             a1, a2 = (RIGHT.format(p.reference) if ok else WRONG for ok in outcomes[k])
             row.update(attempt1=a1, attempt2=a2, attempt1_finish="stop", attempt2_finish="stop")
             if k in unjudgeable:
