@@ -1,4 +1,4 @@
-"""Session-wide fixtures: a tiny random Llama with the SmolLM2 tokenizer, and a local Ray."""
+"""Session-wide fixtures: a tiny random Llama with the SmolLM2 tokenizer, a local Ray, and a `ray start --head`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from head_node import ray_head_cluster  # tests/head_node.py, also used by benchmarks/bench_submit.py
 
 # A CPU vLLM engine otherwise sizes its KV cache from node memory; tests run several at once.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -82,3 +83,15 @@ def ray_local():
     yield ray
     ray.shutdown()
 
+
+@pytest.fixture
+def ray_head(tmp_path, monkeypatch):
+    with ray_head_cluster(tmp_path, monkeypatch) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def ray_head_module(tmp_path_factory):
+    """One head shared by a module's tests (starting one takes 10-30 s here)."""
+    with pytest.MonkeyPatch.context() as mp, ray_head_cluster(tmp_path_factory.mktemp("rayhead"), mp) as url:
+        yield url
