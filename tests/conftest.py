@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from head_node import ray_head_cluster  # tests/head_node.py, also used by benchmarks/bench_submit.py
+from s3_server import s3_env, serve_s3
 
 # A CPU vLLM engine otherwise sizes its KV cache from node memory; tests run several at once.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -95,3 +96,22 @@ def ray_head_module(tmp_path_factory):
     """One head shared by a module's tests (starting one takes 10-30 s here)."""
     with pytest.MonkeyPatch.context() as mp, ray_head_cluster(tmp_path_factory.mktemp("rayhead"), mp) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def s3_url(tmp_path_factory):
+    """A real S3-compatible server (moto's, a subprocess) for a module's tests."""
+    with serve_s3(tmp_path_factory.mktemp("moto") / "moto.log") as url:
+        yield url
+
+
+@pytest.fixture
+def s3(s3_url, monkeypatch):
+    """The environment a user sets for the server; the filesystem cache forgets earlier tests' settings."""
+    for key, value in s3_env(s3_url).items():
+        monkeypatch.setenv(key, value)
+    from datagen import storage
+
+    storage._s3.cache_clear()
+    yield s3_url
+    storage._s3.cache_clear()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from s3_server import BUCKET, s3_env, serve_s3
+from s3_server import BUCKET, s3_env
 
 from cluster.cli import main
 from cluster.config import load_config
@@ -23,21 +23,6 @@ from rl.config import BuildConfig
 from rl.export import run_export
 
 ROOT = Path(__file__).parents[2]
-
-
-@pytest.fixture(scope="module")
-def s3_url(tmp_path_factory):
-    with serve_s3(tmp_path_factory.mktemp("moto") / "moto.log") as url:
-        yield url
-
-
-@pytest.fixture
-def s3(s3_url, monkeypatch):
-    for key, value in s3_env(s3_url).items():
-        monkeypatch.setenv(key, value)
-    storage._s3.cache_clear()
-    yield s3_url
-    storage._s3.cache_clear()
 
 
 def refused(argv: list[str], capsys) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from s3_server import BUCKET, s3_env, serve_s3
+from s3_server import BUCKET
 
 from datagen import storage
 from datagen.metrics import stage_tags
@@ -19,22 +19,6 @@ from datagen.shards import StageDir, StageMismatchError
 from datagen.storage import ObjectPath, StorageError
 
 ROOT = Path(__file__).parents[2]
-
-
-@pytest.fixture(scope="module")
-def s3_url(tmp_path_factory):
-    with serve_s3(tmp_path_factory.mktemp("moto") / "moto.log") as url:
-        yield url
-
-
-@pytest.fixture
-def s3(s3_url, monkeypatch):
-    """The environment a user sets for the server; the filesystem cache forgets earlier tests' settings."""
-    for key, value in s3_env(s3_url).items():
-        monkeypatch.setenv(key, value)
-    storage._s3.cache_clear()
-    yield s3_url
-    storage._s3.cache_clear()
 
 
 def shard(i: int, rows: int = 2) -> pa.Table:
