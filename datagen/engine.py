@@ -117,7 +117,7 @@ class VLLMEngine:
             )
             slots.append(i)
         if prompts:
-            outputs = self._generate(prompts, params)
+            outputs = self.generate(prompts, params)
             for slot, out in zip(slots, outputs, strict=True):
                 results[slot] = [
                     Completion(
@@ -155,7 +155,8 @@ class VLLMEngine:
 
         threading.Thread(target=watch, name="engine-watchdog", daemon=True).start()
 
-    def _generate(self, prompts: list[dict[str, Any]], params: list[Any], lora_request: Any = None) -> list[Any]:
+    def generate(self, prompts: list[dict[str, Any]], params: list[Any], lora_request: Any = None) -> list[Any]:
+        """``vllm.LLM.generate`` on token-id prompts, timed; a dead engine ends the actor."""
         from vllm.v1.engine.exceptions import EngineDeadError
 
         started = time.perf_counter()

@@ -49,11 +49,6 @@ class WeightReceiver:
         self.model_runner.reload_weights(weights_iterator=iter(weights.items()))  # type: ignore[attr-defined]
         return len(weights)
 
-    def selfcorrect_checksum(self, names: list[str]) -> dict[str, float]:
-        """Sum of each named parameter (vLLM's own names, e.g. fused ``qkv_proj``), to compare with a trainer's."""
-        params = dict(self.model_runner.get_model().named_parameters())  # type: ignore[attr-defined]
-        return {n: float(params[n].double().sum()) for n in names if n in params}
-
 
 class RolloutWorker:
     """One vLLM engine that samples SCoRe episodes; a Ray actor (see ``RolloutClient``)."""
@@ -142,9 +137,6 @@ class RolloutWorker:
     def finish_weight_update(self) -> None:
         self.engine.llm.finish_weight_update()
 
-    def checksum(self, names: list[str]) -> dict[str, float]:
-        return self.engine.llm.collective_rpc("selfcorrect_checksum", args=(names,))[0]
-
     # --- sampling ----------------------------------------------------------------------------
     def rollout(
         self, prompts: list[dict[str, Any]], step: int, version: int, n: int, temperature: float, review: str
@@ -171,7 +163,7 @@ class RolloutWorker:
 
         convs = [base_conversation(p, self.gen) for p in ps]
         x1 = [engine.encode(c) for c in convs]
-        outs1 = engine._generate(
+        outs1 = engine.generate(
             [{"prompt_token_ids": ids} for ids in x1],
             [
                 params(n, derive_seed(self.seed, p.prompt_id, f"score-a1-{step}"), engine.max_model_len - len(ids))
@@ -197,7 +189,7 @@ class RolloutWorker:
                     }
                 )
         fits = [e for e in episodes if len(e["x2_ids"]) < engine.max_model_len]
-        outs2 = engine._generate(
+        outs2 = engine.generate(
             [{"prompt_token_ids": e["x2_ids"]} for e in fits],
             [
                 params(
@@ -452,10 +444,6 @@ class RolloutClient:
                     ) from None
                 time.sleep(2.0)
 
-    def checksums(self, names: list[str]) -> list[dict[str, float]]:
-        import ray
-
-        return ray.get([a.checksum.remote(names) for a in self.actors], timeout=self.timeout_s)
 
 
 def _param_bytes(model: Any) -> int:
