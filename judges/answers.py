@@ -16,6 +16,12 @@ Models state answers in many ways ("The answer is 12 marbles.", "**12**", ``\\bo
 
 A response cut off by the token limit may stop in the middle of a calculation, so its last number
 means nothing: only an explicit statement that ended before the cut counts.
+
+``explicit_only`` keeps rule 1 alone. Rule 2 reads intent into prose, which is right for measuring a
+model but pays for text that merely ends on a number ("6 plus 2 equals N." for the reference 2): a
+policy trained by RL on such rewards learns to echo the question's numbers. As a reward it is the
+strict form of the usual final-answer check (veRL's GSM8K ``strict``, SCoRe's and Minerva's "Final
+Answer: The final answer is ..."), and the prompts ask for an explicit statement anyway.
 """
 
 from __future__ import annotations
@@ -288,16 +294,19 @@ def _plain(number: str) -> str:
 # --- entry point ---------------------------------------------------------------------------------
 
 
-def extract(text: str | None, finish: str | None = None) -> Extraction:
+def extract(text: str | None, finish: str | None = None, explicit_only: bool = False) -> Extraction:
     """The final answer ``text`` commits to, and the rule that found it (or why there is none).
 
     ``finish`` is the response's finish reason; a truncated response (``TRUNCATED_FINISH``) is held
-    to its explicit statements that ended before the cut.
+    to its explicit statements that ended before the cut, and so is every response with
+    ``explicit_only`` (the module docstring says why).
 
     >>> extract("The answer is 12. Wait, 7+6 is 13, so the answer is 13.")
     Extraction(answer='13', rule='answer_is')
     >>> extract("First, 5 + 7 = 12. Then 12 - 3", finish="length")
     Extraction(answer=None, rule='none: truncated (finish=length) before any explicit final answer')
+    >>> extract("So 2 x 9 = 18 apples.", explicit_only=True)
+    Extraction(answer=None, rule='none: no explicit final answer (explicit_answers_only)')
     """
     if not text or not text.strip():
         return Extraction(None, "none: empty response")
@@ -312,5 +321,7 @@ def extract(text: str | None, finish: str | None = None) -> Extraction:
         return Extraction(answer, rule)
     if truncated:
         return Extraction(None, f"none: truncated (finish={finish}) before any explicit final answer")
+    if explicit_only:
+        return Extraction(None, "none: no explicit final answer (explicit_answers_only)")
     closing = _closing(norm)
     return closing or Extraction(None, "none: no number in the response")

@@ -38,6 +38,11 @@ class VerifierSettings(JudgeSettings):
 
     type: Literal["verifier"] = "verifier"
     math_timeout_s: int = Field(5, ge=1, description="sympy parsing/comparison limit per answer")
+    explicit_answers_only: bool = Field(
+        False,
+        description="math: credit only an explicit final statement (\\boxed{}, ## A ##, 'the answer is ...'), not "
+        "a closing sentence that merely ends on a number; for RL rewards, which a policy learns to game",
+    )
     code_timeout_s: float = Field(10.0, gt=0, description="wall-clock limit per test run")
     code_memory_mb: int = Field(1024, ge=64, description="address-space limit of a test run")
     code_max_procs: int = Field(64, ge=1, description="process limit of a test run (stops fork bombs)")

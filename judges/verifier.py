@@ -1,12 +1,13 @@
 """Ground-truth verifier: the 0/1 reward of SCoRe and the correctness flip of SCL.
 
 Math rows: the final answer is extracted from the response (``judges.answers``: the last explicit
-final statement, else the closing sentence; a response cut off by the token limit only by an
-explicit statement) and compared with the reference by ``math-verify`` (integers, decimals,
-fractions, LaTeX). The raw output records the answer, the rule that found it and the finish
-reason, so a score can be audited. Code rows: the HumanEval-style tests run in a sandboxed process
-(``judges.code_sandbox``). A response with no final answer scores 0.0 (the model failed);
-a row the verifier cannot judge (no reference, no tests, an unknown task) gets no score and an error.
+final statement, else the closing sentence; a response cut off by the token limit, or any response
+with ``explicit_answers_only`` (for RL rewards), only by an explicit statement) and compared with
+the reference by ``math-verify`` (integers, decimals, fractions, LaTeX). The raw output records the
+answer, the rule that found it and the finish reason, so a score can be audited. Code rows: the
+HumanEval-style tests run in a sandboxed process (``judges.code_sandbox``). A response with no final
+answer scores 0.0 (the model failed); a row the verifier cannot judge (no reference, no tests, an
+unknown task) gets no score and an error.
 """
 
 from __future__ import annotations
@@ -60,14 +61,19 @@ def answers_match(answer: str, reference: str, timeout_s: int | None = 5) -> boo
 
 
 def score_math(
-    response: str | None, reference: str, timeout_s: int | None = 5, finish: str | None = None
+    response: str | None,
+    reference: str,
+    timeout_s: int | None = 5,
+    finish: str | None = None,
+    explicit_only: bool = False,
 ) -> tuple[float, Extraction]:
     """Score a math response against the reference: (1.0 or 0.0, what was extracted and by which rule).
 
-    ``finish`` is the response's finish reason (``attempt1_finish``/``attempt2_finish``).
+    ``finish`` is the response's finish reason (``attempt1_finish``/``attempt2_finish``);
+    ``explicit_only`` credits only an explicit final statement (``judges.answers``).
     """
     ref = extract(reference).answer if ("\\boxed" in reference or "##" in reference) else reference
-    found = extract(response, finish)
+    found = extract(response, finish, explicit_only)
     if found.answer is None:
         return 0.0, found
     return (1.0 if answers_match(found.answer, ref or reference, timeout_s) else 0.0), found
@@ -129,7 +135,9 @@ class Verifier(BaseJudge):
                 continue
             finish = row.get(f"attempt{slot}_finish")
             try:
-                score, found = score_math(text, reference, self.settings.math_timeout_s, finish)
+                score, found = score_math(
+                    text, reference, self.settings.math_timeout_s, finish, self.settings.explicit_answers_only
+                )
             except Exception as e:  # sympy can fail on odd input; the row is flagged, not lost
                 res.flag(f"attempt{slot}: cannot compare answers: {type(e).__name__}: {e}")
                 continue

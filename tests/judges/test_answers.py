@@ -202,3 +202,52 @@ def test_agreement_with_hand_labels():
         rows[key] = rows.get(key, True) and ok
     assert agree / len(labels) >= MIN_AGREEMENT, f"{agree}/{len(labels)}"
     assert sum(rows.values()) / len(rows) >= MIN_AGREEMENT, f"{sum(rows.values())}/{len(rows)} rows"
+
+
+# Every attempt the verifier credited in a 24-step SCoRe run of the default model (its rollout files,
+# copied as generated): (response, finish, reference, credited with explicit_answers_only). A person
+# reads the False ones as no answer at all: the closing-sentence rule paid for echoed numbers.
+SCORE_ROLLOUTS = [
+    ("You are correct in subtracting 2 from 2, but this should be 1 in conjunction with your initial statement. "
+     "Begin by adding the original value to Kemi (6) so you have now Kemi left. 6 plus 2 equals N.", STOP, "2", False),
+    ("The answer is N because it required one item and 9 children followed by a remainder of 1 with N (the media). "
+     "So, 9 (using the media) + N = the N number of marbles in the answer. It might be not 9.", STOP, "9", False),
+    ("The answer is N, which is 4 + 3 - G, and your step of 1 is correct and blue male cant indeed have 4 shells "
+     "left. Here is the 1 and blue male solution unchanged.", STOP, "1", False),
+    ('The answer is N. \n\nWhich is indeed "The answer is N. "\nBased on the arithmetic progression, number of '
+     "books in 5 is 4. 4*5 is 20 books.", STOP, "20", False),
+    ('"SIGNIFICANT STEP SCALED BY SHERANAN"\nSolving an equation: 19 + 1 = 20 bags\nEach friend gets 2 bags of '
+     "shells as answer is given but handselupable.", STOP, "2", False),
+    # right working, but no statement of the answer: the strict reward asks the policy to state it
+    ("Let's break it down step by step:\n\n1. Elda, the girl, has 6 apples.\n2. Ela gives Eli 3 more, so Ela now "
+     "has 6 + 3 = 9 apples.\n\nThe answer is N.", STOP, "9", False),
+    ("The Vikings Browns place 2 boxes of 9 apples on each of their shelves. So, with 2 boxes, Ivo bought "
+     "2 x 9 = 18 apples.", STOP, "18", False),
+    ("To find out how much money Ben buys, you'll need to multiply 9 x 3, which is 27 shells. Offer the answer "
+     "with no spaces, round the result to the nearest whole number.", STOP, "27", False),
+    # explicit statements still count, also before a cut
+    ('"The answer is 2 * 5 = 10"', STOP, "10", True),
+    ("10.\n\nDara has 10 coins, plus Lior with Dara = 2 coins. Therefore, the total amount of Dara's coins now is "
+     "10 coins, plus Dara's coins, which is 10 coins. \n\nThe answer is 10. That", CUT, "10", True),
+    ("10. The total amount of Dara's coins now is 10, the previous answer is 10, and the answer is 10.\n\n"
+     "Polymate Hai Gai.", STOP, "10", True),
+]
+
+
+@pytest.mark.parametrize(("response", "finish", "reference", "credited"), SCORE_ROLLOUTS)
+def test_explicit_answers_only_on_rollouts_the_closing_rule_credited(response, finish, reference, credited):
+    assert score_math(response, reference, finish=finish)[0] == 1.0  # what the reward said in that run
+    score, found = score_math(response, reference, finish=finish, explicit_only=True)
+    assert score == (1.0 if credited else 0.0), found
+    assert (found.rule in EXPLICIT_RULES) == credited
+
+
+def test_explicit_answers_only_against_hand_labels():
+    """With explicit answers only, no attempt a person reads as wrong or answerless is credited, and most
+    right ones still are (measured: 17 of the 25 right attempts; the 8 others end on a bare calculation)."""
+    labels = [json.loads(line) for line in HAND_CHECKED.read_text().splitlines() if line.strip()]
+    credited = [score_math(lab["text"], lab["reference"], finish=lab["finish"], explicit_only=True)[0] == 1.0
+                for lab in labels]
+    assert not any(c and not lab["label_correct"] for c, lab in zip(credited, labels, strict=True))
+    right = sum(lab["label_correct"] for lab in labels)
+    assert sum(credited) >= 0.6 * right, f"{sum(credited)} of {right}"

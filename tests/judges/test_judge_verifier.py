@@ -181,3 +181,19 @@ def test_generated_rows_judged_through_the_judge_stage_path():
     # SCL keeps the two flips, the right attempt as chosen
     pairs = build_scl(out, BuildConfig(builder="scl")).examples
     assert len(pairs) == 2
+
+
+def test_explicit_answers_only_from_the_config_through_the_judge_stage_path():
+    """The key under judges: reaches the verifier the judge stage builds, and both rules are audited in raw."""
+    rows = [_row("math", "So 5 + 7 = 12 marbles.", "The answer is 12.", reference="12")]
+    table = pa.Table.from_pylist(
+        [{**r, "attempt1_finish": "stop", "attempt2_finish": "stop"} for r in rows],
+        schema=SAMPLE_SCHEMA,
+    )
+    for settings, want in (({}, (1.0, 1.0)), ({"explicit_answers_only": True}, (0.0, 1.0))):
+        judged, _ = JudgeWorker({"verifier": settings}).judge_table(table)
+        row = judged.to_pylist()[0]
+        assert (row["verifier_score1"], row["verifier_score2"]) == want
+    raw = json.loads(row["verifier_raw"])
+    assert raw["answer1"] is None and raw["rule1"] == "none: no explicit final answer (explicit_answers_only)"
+    assert (raw["answer2"], raw["rule2"]) == ("12", "answer_is")
