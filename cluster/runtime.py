@@ -219,9 +219,15 @@ def _autoscaler_has_node_types() -> bool:
         return True
     if not raw:
         return False  # no autoscaler has reported: nothing will add nodes
-    report = json.loads(raw).get("autoscaler_report") or {}
+    return bool(configured_node_types(json.loads(raw)))
+
+
+def configured_node_types(status: dict) -> set[str]:
+    """The node types of a cluster config named in the v1 autoscaler's status (``ray status``'s
+    source); empty when it only mirrors the nodes there are, each as the type ``node_<node id>``."""
+    report = status.get("autoscaler_report") or {}
     types = set((report.get("node_type_mapping") or {}).values()) | set(report.get("active_nodes") or {})
-    return any(not t.startswith("node_") for t in types)
+    return {t for t in types if not t.startswith("node_")}
 
 
 def check_resources(demands: list[Demand] | Mapping[str, list[Demand]]) -> str | None:

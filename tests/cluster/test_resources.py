@@ -12,6 +12,7 @@ from cluster.runtime import (
     Demand,
     ResourceError,
     check_resources,
+    configured_node_types,
     describe_nodes,
     infeasible,
     pack,
@@ -69,6 +70,16 @@ def test_packing_places_the_largest_bundles_first():
     # a GPU bundle goes first, so a CPU-only bundle does not take the GPU node's CPUs from it
     assert pack([Demand("c", {"CPU": 7}), Demand("g", {"CPU": 2, "GPU": 1})], [GPU_NODE, {"CPU": 8.0}]) == 2
     assert pack([Demand("z", {"CPU": 0}, 5)], [CPU2]) == 5  # bundles that ask for nothing always fit
+
+
+def test_an_autoscaler_is_told_by_its_node_types():
+    # `ray start --head` without a cluster config: the autoscaler mirrors each node as node_<id>
+    mirror = {"autoscaler_report": {"active_nodes": {"node_d8c5b5": 1}, "node_type_mapping": {"d8c5b5": "node_d8c5b5"}}}
+    assert configured_node_types(mirror) == set()
+    launcher = {"autoscaler_report": {"active_nodes": {"ray.head.default": 1},
+                                      "node_type_mapping": {"ff00": "ray.head.default", "ff01": "gpu_workers"}}}
+    assert configured_node_types(launcher) == {"ray.head.default", "gpu_workers"}
+    assert configured_node_types({"gcs_request_time": 0.1}) == set()  # no autoscaler report yet
 
 
 def test_each_stage_names_its_keys():
