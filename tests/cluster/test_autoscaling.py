@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -119,7 +120,7 @@ def autoscaling_head(log_dir: Path, head_cpus: int = 1, worker_cpus: int = 1, ma
         with contextlib.suppress(ProcessLookupError):
             head.send_signal(signal.SIGTERM)
             try:
-                head.wait(15)
+                head.wait(5)  # its drain waits up to 30 s on idle workers; the group is killed below
             except subprocess.TimeoutExpired:
                 head.kill()
                 head.wait()
@@ -154,17 +155,45 @@ def _workers(cluster: dict) -> list[dict]:
     return [n for n in _state(cluster, "nodes") if not n["is_head_node"]]
 
 
-def _stage(cluster: dict, stage: str, run_dir: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
+def _stage(cluster: dict, stage: str, run_dir: Path, model: Path, *extra: str) -> tuple[int, str, set[tuple[str, str]]]:
+    """Runs a stage's CLI against the cluster; returns its exit code, its stderr and the (actor class,
+    node id) pairs of the actors seen alive while it ran (a dead actor's row may have lost its node)."""
     cmd = [
         sys.executable, "-m", "cluster.cli", stage, "configs/quickstart.yaml", f"run_dir={run_dir}",
         f"model={model}", f"prompts.limit={PROMPTS}", f"generate.n={N}", "generate.max_tokens=8",
         "generate.shard_size=1", "generate.engine.max_model_len=512", f"ray.address={cluster['address']}", *extra,
     ]
-    return subprocess.run(cmd, cwd=ROOT, env=cluster["env"], capture_output=True, text=True, timeout=480)
+    # Ray Data starts work once one actor of the pool is up; a 1-s judge stage could then finish on
+    # the head before the added node's actor starts. Waiting for min_actors makes placement certain.
+    env = {**cluster["env"], "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "300"}
+    seen: set[tuple[str, str]] = set()
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as p:
+        stderr: list[str] = []
+        reader = threading.Thread(target=lambda: stderr.append(p.stderr.read()), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 480
+        while p.poll() is None:
+            assert time.monotonic() < deadline, f"{stage} did not finish"
+            with contextlib.suppress(Exception):  # the dashboard may be slow to answer on a busy machine
+                seen |= {(a["class_name"], a["node_id"]) for a in _state(cluster, "actors")
+                         if a["state"] == "ALIVE" and a.get("node_id")}
+            time.sleep(0.5)
+        reader.join()
+    seen |= {(a["class_name"], a["node_id"]) for a in _state(cluster, "actors") if a.get("node_id")}
+    return p.returncode, "".join(stderr), seen
 
 
-def _ran_on(cluster: dict, class_part: str) -> set[str]:
-    return {a["node_id"] for a in _state(cluster, "actors") if class_part in a["class_name"] and a.get("node_id")}
+def _keys(stage_dir: Path) -> list[tuple[str, int]]:
+    table = pads.dataset(str(stage_dir), format="parquet").to_table()
+    return sorted(zip(table["prompt_id"].to_pylist(), table["sample_idx"].to_pylist(), strict=True))
+
+
+def _released(cluster: dict, timeout: float = 90) -> None:
+    """Idle nodes go after the idle timeout (6 s, checked every second)."""
+    deadline = time.monotonic() + timeout
+    while any(n["state"] != "DEAD" for n in _workers(cluster)):
+        assert time.monotonic() < deadline, f"added nodes still up: {_workers(cluster)}"
+        time.sleep(2)
 
 
 def test_actor_pools_beyond_the_head_add_nodes_that_are_released_after(tmp_path, tiny_model_dir):
@@ -172,34 +201,28 @@ def test_actor_pools_beyond_the_head_add_nodes_that_are_released_after(tmp_path,
         assert _workers(cluster) == []
         run_dir = tmp_path / "run"
         # the head holds one engine actor (1 CPU); the second needs a node the autoscaler adds
-        done = _stage(
+        code, err, actors = _stage(
             cluster, "generate", run_dir, tiny_model_dir,
             "generate.engine.num_cpus=1", "generate.engine.min_actors=2", "generate.engine.max_actors=2",
         )
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert code == 0, err[-3000:]
         # the resource check saw the autoscaler and let the stage wait for it
-        assert "waiting for the autoscaler to add nodes" in done.stderr
-
-        added = _workers(cluster)
+        assert "waiting for the autoscaler to add nodes" in err
+        added = {n["node_id"] for n in _workers(cluster)}
         assert added, "the autoscaler added no node"
-        engines = _ran_on(cluster, "GenerationWorker")
-        assert engines & {n["node_id"] for n in added}, "no engine actor ran on an added node"
-
-        table = pads.dataset(str(run_dir / "generate"), format="parquet").to_table()
-        keys = sorted(zip(table["prompt_id"].to_pylist(), table["sample_idx"].to_pylist(), strict=True))
-        assert len(keys) == PROMPTS * N and len(set(keys)) == len(keys)
+        assert {n for c, n in actors if "GenerationWorker" in c} & added, "no engine actor ran on an added node"
+        keys = _keys(run_dir / "generate")
+        prompt_ids = {p for p, _ in keys}
+        assert len(prompt_ids) == PROMPTS and keys == sorted((p, i) for p in prompt_ids for i in range(N))
+        _released(cluster)
 
         # the judge pool drives it the same way: two 1-CPU judge actors beside a 1-CPU head
-        judged = _stage(cluster, "judge", run_dir, tiny_model_dir, "judge_pool.min_actors=2",
-                        "judge_pool.max_actors=2")
-        assert judged.returncode == 0, judged.stderr[-3000:]
-        judges = _ran_on(cluster, "Judge")
-        assert judges & {n["node_id"] for n in _workers(cluster)}, "no judge actor ran on an added node"
-        scores = pads.dataset(str(run_dir / "judge"), format="parquet").to_table()
-        assert scores.num_rows == PROMPTS * N
-
-        # idle nodes go after the idle timeout (6 s, checked every second)
-        deadline = time.monotonic() + 90
-        while any(n["state"] != "DEAD" for n in _workers(cluster)):
-            assert time.monotonic() < deadline, f"added nodes still up: {_workers(cluster)}"
-            time.sleep(2)
+        code, err, actors = _stage(
+            cluster, "judge", run_dir, tiny_model_dir, "judge_pool.min_actors=2", "judge_pool.max_actors=2"
+        )
+        assert code == 0, err[-3000:]
+        new = {n["node_id"] for n in _workers(cluster)} - added
+        assert new, "the autoscaler added no node for the judges"
+        assert {n for c, n in actors if "JudgeWorker" in c} & new, "no judge actor ran on an added node"
+        assert _keys(run_dir / "judge") == keys
+        _released(cluster)
