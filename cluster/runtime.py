@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from cluster.config import Config, ConfigError, RayConfig
@@ -75,12 +76,18 @@ class ResourceError(ConfigError):
 class Demand(NamedTuple):
     """``count`` bundles of ``resources`` (e.g. ``{"CPU": 1, "GPU": 1}``) that must run at once.
 
-    ``key`` names the config keys that asked for them, as the error shows them to the user.
+    ``key`` names the config keys that asked for them, as the error shows them to the user. The
+    demands of one stage with the same ``phase`` run at the same time and are placed together; a
+    stage's phases, like the stages themselves, run one after another.
     """
 
     key: str
     resources: dict[str, float]
     count: int = 1
+    phase: str = ""
+
+
+_EPS = 1e-9  # fractional GPUs (0.5 + 0.5) must add up to a whole one
 
 
 def _fits(bundle: dict[str, float], node: dict[str, float]) -> int:
@@ -88,14 +95,41 @@ def _fits(bundle: dict[str, float], node: dict[str, float]) -> int:
     need = {r: q for r, q in bundle.items() if q > 0}
     if not need:
         return 1 << 30
-    return min(int(node.get(r, 0.0) // q) for r, q in need.items())
+    return min(int((node.get(r, 0.0) + _EPS) // q) for r, q in need.items())
 
 
-def infeasible(demands: list[Demand], nodes: list[dict[str, float]]) -> list[str]:
-    """One line per demand that ``nodes`` (each node's total resources) can never run at once.
+def pack(demands: list[Demand], nodes: list[dict[str, float]]) -> int:
+    """How many of the demands' bundles (``sum(count)``) fit on ``nodes`` at once, first-fit-decreasing.
 
-    A bundle must fit on one node; ``count`` bundles of the same shape pack node by node, so a
-    demand is feasible exactly when ``sum(min_r floor(node[r] / bundle[r])) >= count``.
+    Bundles are sorted by GPUs, then CPUs, then their other resources, largest first; each goes on
+    the first node with room left for all of it. This is the usual bin-packing heuristic, not an
+    exact search: for bundles of one shape it finds the true maximum (``infeasible``'s formula),
+    for mixed shapes it can in rare cases miss a packing that exists, as Ray's own scheduler,
+    which places actors one by one as they come, can too.
+    """
+    bundles = [
+        {r: q for r, q in d.resources.items() if q > 0} for d in demands for _ in range(d.count)
+    ]
+    bundles.sort(key=lambda b: (b.get("GPU", 0.0), b.get("CPU", 0.0), sorted(b.items())), reverse=True)
+    free = [dict(n) for n in nodes]
+    placed = 0
+    for bundle in bundles:
+        for node in free:
+            if all(node.get(r, 0.0) + _EPS >= q for r, q in bundle.items()):
+                for r, q in bundle.items():
+                    node[r] = node.get(r, 0.0) - q
+                placed += 1
+                break
+    return placed
+
+
+def infeasible(demands: list[Demand], nodes: list[dict[str, float]], stage: str = "") -> list[str]:
+    """What ``nodes`` (each node's total resources) can never run of ``demands``, which run at once.
+
+    First each demand alone: a bundle must fit on one node, and ``count`` bundles of the same shape
+    pack node by node, so a demand fits exactly when ``sum(min_r floor(node[r] / bundle[r])) >= count``
+    (one line per demand that does not). When each fits alone, all of them together: one line when
+    ``pack`` (first-fit-decreasing) cannot place every bundle. ``stage`` names the stage in that line.
     """
     problems = []
     for d in demands:
@@ -110,6 +144,22 @@ def infeasible(demands: list[Demand], nodes: list[dict[str, float]]) -> list[str
         else:
             why = f"the cluster holds only {held} at once"
         problems.append(f"{d.key}: needs {d.count} x {{{shape}}} at once, but {why}")
+    together = [d for d in demands if d.count > 0]
+    if problems or len(together) < 2:
+        return problems
+    total = sum(d.count for d in together)
+    placed = pack(together, nodes)
+    if placed < total:
+        sizes = " + ".join(f"{d.count} x {{{_fmt(d.resources)}}}" for d in together)
+        sums: dict[str, float] = {}
+        for d in together:
+            for r, q in d.resources.items():
+                sums[r] = sums.get(r, 0.0) + q * d.count
+        problems.append(
+            " and ".join(d.key for d in together)
+            + f": {'the ' + stage + ' stage' if stage else 'these'} run{'s' if stage else ''} {sizes} at once "
+            f"({_fmt(sums)} in all), but the nodes fit only {placed} of these {total} together"
+        )
     return problems
 
 
@@ -136,7 +186,14 @@ def _is_builtin(resource: str) -> bool:
 
 
 def cluster_can_autoscale() -> bool:
-    """Whether some node type of the cluster can still be added (the test Ray Data uses itself)."""
+    """Whether some node type of the cluster can still be added.
+
+    A cluster that reports its node groups to the GCS (the test Ray Data uses itself) answers
+    directly. Ray's own autoscaler (the cluster launcher's, v1) reports none: then its status in
+    the GCS tells, since without a cluster config it only mirrors each node as an anonymous type
+    ``node_<id>`` (a launcher config whose types are all at max_workers still reads as "may scale":
+    a warning, not an error). Autoscaler v2 (KubeRay) reports neither and is taken as "may scale".
+    """
     try:
         from ray._private.state import state  # the cluster config the autoscaler reports; no public API
 
@@ -144,16 +201,51 @@ def cluster_can_autoscale() -> bool:
     except Exception:  # an older or newer Ray without it: assume it may scale, and only warn
         return True
     groups = getattr(config, "node_group_configs", None) or []
-    return any(g.max_count == -1 or g.max_count > g.min_count for g in groups if g.resources and g.max_count != 0)
+    if groups:
+        return any(g.max_count == -1 or g.max_count > g.min_count for g in groups if g.resources and g.max_count != 0)
+    return _autoscaler_has_node_types()
 
 
-def check_resources(demands: list[Demand]) -> str | None:
+def _autoscaler_has_node_types() -> bool:
+    try:
+        from ray._private import ray_constants
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        if is_autoscaler_v2():
+            return True
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)  # what `ray status` reads
+    except Exception:
+        return True
+    if not raw:
+        return False  # no autoscaler has reported: nothing will add nodes
+    return bool(configured_node_types(json.loads(raw)))
+
+
+def configured_node_types(status: dict) -> set[str]:
+    """The node types of a cluster config named in the v1 autoscaler's status (``ray status``'s
+    source); empty when it only mirrors the nodes there are, each as the type ``node_<node id>``."""
+    report = status.get("autoscaler_report") or {}
+    types = set((report.get("node_type_mapping") or {}).values()) | set(report.get("active_nodes") or {})
+    return {t for t in types if not t.startswith("node_")}
+
+
+def check_resources(demands: list[Demand] | Mapping[str, list[Demand]]) -> str | None:
     """Refuse (``ResourceError``) demands the connected Ray can never run; on a cluster with an
-    autoscaler, return a warning instead (it may add nodes that fit). None when everything fits."""
+    autoscaler, return a warning instead (it may add nodes that fit). None when everything fits.
+
+    ``demands`` maps each stage to what it asks for (a plain list is one stage): stages run one
+    after another, so only the demands of one stage and phase are placed together.
+    """
     import ray
 
     nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
-    problems = infeasible(demands, nodes)
+    stages = demands if isinstance(demands, Mapping) else {"": demands}
+    problems = []
+    for stage, asked in stages.items():
+        for phase in dict.fromkeys(d.phase for d in asked):
+            problems += [p for p in infeasible([d for d in asked if d.phase == phase], nodes, stage)
+                         if p not in problems]
     if not problems:
         return None
     text = "; ".join(problems) + f" (the cluster: {describe_nodes(nodes)})"
@@ -214,13 +306,17 @@ def _train(cfg: Config) -> list[Demand]:
     return demands
 
 
-#: What each stage needs from the cluster at once, by stage name (a stage not named needs nothing special).
+#: What each stage needs from the cluster, by stage name (a stage not named needs nothing special). The train
+#: stage places its workers and SCoRe's rollout engines together; the judge stage its pool at min_actors.
 STAGE_DEMANDS: dict[str, Callable[[Config], list[Demand]]] = {
     "generate": lambda cfg: [_engine("generate.engine", cfg.generate.engine)],
     "judge": _judges,
     "train": _train,
-    # the eval runs its models with generate.engine (rl.evaluate), then the judges
-    "eval": lambda cfg: [_engine("generate.engine", cfg.generate.engine), *_judges(cfg)],
+    # the eval runs its models with generate.engine (rl.evaluate), then the judges: never both at once
+    "eval": lambda cfg: [
+        _engine("generate.engine", cfg.generate.engine)._replace(phase="generate"),
+        *(d._replace(phase="judge") for d in _judges(cfg)),
+    ],
 }
 
 
