@@ -255,7 +255,7 @@ class _KillTrainer(threading.Thread):
 
     def __init__(self, progress: Path):
         super().__init__(daemon=True)
-        self.progress, self.killed, self.stop = progress, None, threading.Event()
+        self.progress, self.killed, self.at, self.stop = progress, None, 0.0, threading.Event()
 
     def run(self) -> None:
         while self.killed is None and not self.stop.wait(0.2):
@@ -265,7 +265,7 @@ class _KillTrainer(threading.Thread):
                 continue
             if pos["step"] >= 1:
                 time.sleep(3)  # past Ray Train's poll of the checkpoint just reported (2 s)
-                self.killed = pos["pid"]
+                self.killed, self.at = pos["pid"], time.time()
                 os.kill(pos["pid"], signal.SIGKILL)
 
 
@@ -312,7 +312,10 @@ def test_score_then_eval_and_report_on_s3_resume_from_the_bucket(s3_url, tiny_mo
         # every step once, its record and its rollouts in the bucket, the step before the kill included
         log = [json.loads(x) for x in storage.read_bytes(train.path / "metrics.jsonl").decode().splitlines()]
         assert [r["step"] for r in log] == [1, 2, 3] and [r["version"] for r in log] == [1, 2, 3]
-        assert sorted(storage.list_names(train.path / "rollouts")) == [f"step-{i:06d}.parquet" for i in range(3)]
+        rollouts = {name: t for name, _, t in storage.folder_files(train.path / "rollouts")}
+        assert sorted(rollouts) == [f"step-{i:06d}.parquet" for i in range(3)]
+        # step 1 was not trained again: the new trainer started from the checkpoint in the bucket
+        assert rollouts["step-000000.parquet"] < killer.at * 1e9
         assert storage.read_table(train.path / "rollouts" / "step-000000.parquet").num_rows == 4
 
         metrics = storage.read_json(storage.as_location(f"{run}/eval/metrics.json"))
