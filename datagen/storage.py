@@ -205,6 +205,16 @@ def delete_prefix(prefix: Location) -> None:
     fs.delete_dir_contents(inner, missing_dir_ok=True)
 
 
+def remove(path: Location) -> None:
+    """Delete one file or object; nothing if it is absent."""
+    if isinstance(path, Path):
+        path.unlink(missing_ok=True)
+        return
+    if exists(path):
+        fs, inner = filesystem(path)
+        fs.delete_file(inner)
+
+
 def makedirs(path: Location) -> None:
     """A local folder; nothing on object storage, where a prefix exists once an object is under it."""
     if isinstance(path, Path):
@@ -232,6 +242,63 @@ def upload_folder(local: Path, dest: ObjectPath, skip: tuple[str, ...] = ()) -> 
             # no stale files from an earlier upload; the stage marks itself done only after this
             fs.delete_dir_contents(target, missing_dir_ok=True)
         pafs.copy_files(str(entry), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def folder_files(prefix: Location) -> list[tuple[str, int, int]]:
+    """(path relative to ``prefix``, size, modification time in ns) of every file under it, sorted; none if absent.
+
+    On object storage the time is the object's upload time: the same for every reader, anywhere.
+    """
+    if isinstance(prefix, Path):
+        if not prefix.is_dir():
+            return []
+        files = (f for f in prefix.rglob("*") if f.is_file())
+        return sorted((f.relative_to(prefix).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    fs, inner = filesystem(prefix)
+    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True, recursive=True))
+    return sorted(
+        (i.path[len(inner) + 1 :], int(i.size), int(i.mtime_ns or 0)) for i in infos if i.type == pafs.FileType.File
+    )
+
+
+def cached_folder(src: ObjectPath) -> Path:
+    """A local copy of the folder ``src`` on object storage (a model vLLM and transformers load from disk),
+    downloaded once per version: the copy's name carries a digest of every object's name, size and upload
+    time, so a model written again at the same URI is downloaded again, never served stale.
+
+    The copy is made in a private folder and renamed into place (two processes on one machine both end
+    with one whole copy); older copies of the same URI are removed.
+    """
+    import hashlib
+    import shutil
+
+    files = folder_files(src)
+    if not files:
+        raise FileNotFoundError(f"{src}: no objects under this prefix")
+    digest = hashlib.sha256(json.dumps([str(src), files]).encode()).hexdigest()[:16]
+    parent = local_cache(src.parent, "")
+    final = parent / f"{src.name}@{digest}"
+    if final.is_dir():
+        return final
+    parent.mkdir(parents=True, exist_ok=True)
+    work = parent / f".{final.name}.{uuid.uuid4().hex}.partial"
+    try:
+        fs, inner = filesystem(src)
+        for name, _, _ in files:
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(f"{inner}/{name}") as f, open(work / name, "wb") as out:
+                shutil.copyfileobj(f, out, 1 << 24)
+        try:
+            os.rename(work, final)
+        except OSError:
+            if not final.is_dir():  # not another process's whole copy: something else in the way
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for old in parent.glob(f"{src.name}@*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def local_cache(path: Location, name: str) -> Path:

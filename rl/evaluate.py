@@ -16,6 +16,10 @@ Decoding is the eval's own (greedy by default, as SCoRe evaluates) and always tw
 attempt 1, the review prompt, attempt 2. The sub-stages resume exactly once as they do on their
 own, so an eval killed part way redoes only the missing shards, and a model whose rows are judged
 already is not run again.
+
+``RUN_DIR`` may be on object storage: the sub-stages write there as they do anywhere, and a model
+folder there (``RUN_DIR/train/model``) is checked and fingerprinted as its objects and copied to local
+disk, once per version, by each process that loads it (``datagen.models.resolve_model``).
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import ValidationError
 
+from datagen import storage
 from datagen.config import EngineConfig, GenerateConfig, JudgePoolConfig, PromptsConfig
 from datagen.generate import GeneratePlan, plan_generate, run_generate
 from datagen.judging import judge_versions, plan_judge, run_judge
@@ -38,7 +42,8 @@ from datagen.metrics import stage_tags
 from datagen.models import ModelNotFoundError, resolve_model
 from datagen.prompts import load_prompts
 from datagen.records import SAMPLE_SCHEMA, judge_column
-from datagen.shards import StageDir, StageInputError, atomic_write_json, shard_name
+from datagen.shards import STAGE_FILE, StageDir, StageInputError, atomic_write_json, shard_name
+from datagen.storage import Location
 from datagen.turns import answer_after_revisions
 from judges.config import JudgeSettings
 from rl import metrics
@@ -74,13 +79,16 @@ class EvalPlan:
     header: dict[str, Any]
     fingerprint: dict[str, Any]
     pairwise: dict[str, JudgeSettings]
-    run_dir: Path  # the run's directory: its name tags the Ray metrics of the eval's sub-stages
+    run_dir: Location  # the run's directory: its name tags the Ray metrics of the eval's sub-stages
 
 
-def resolve_labels(models: dict[str, str | None] | None, base: str, run_dir: Path) -> list[tuple[str, str]]:
-    """(label, model) pairs in table order; ``trained`` is RUN_DIR/train/model once training finished."""
-    trained = run_dir / "train" / "model"
-    train_done = StageDir(run_dir / "train").done() and (trained / "config.json").exists()
+def resolve_labels(
+    models: dict[str, str | None] | None, base: str, run_dir: str | Path | storage.ObjectPath
+) -> list[tuple[str, str]]:
+    """(label, model) pairs in table order; ``trained`` is RUN_DIR/train/model once training finished
+    (on object storage, its URI: each process that loads it copies it to local disk)."""
+    trained = storage.as_location(run_dir) / "train" / "model"
+    train_done = StageDir(trained.parent).done() and storage.exists(trained / "config.json")
     if models is None:
         return [("base", base)] + ([("trained", str(trained))] if train_done else [])
     pairs = []
@@ -104,12 +112,22 @@ def resolve_labels(models: dict[str, str | None] | None, base: str, run_dir: Pat
     return pairs
 
 
-def check_weights(label: str, path: str) -> None:
+def _weight_files(model: str) -> list[tuple[str, int, int]] | None:
+    """(name, size, time) of the weights in a model folder, local or on object storage; None for a hub name."""
+    where = storage.as_location(model)
+    if isinstance(where, Path):
+        where = where.expanduser()
+        if not where.is_dir():
+            return None
+    suffixes = tuple(p.lstrip("*") for p in WEIGHT_PATTERNS)
+    return [f for f in storage.folder_files(where) if "/" not in f[0] and f[0].endswith(suffixes)]
+
+
+def check_weights(label: str, model: str) -> None:
     """A model folder must hold weights, not only a config (a half-copied or adapter-only folder)."""
-    folder = Path(path)
-    if folder.is_dir() and not any(next(folder.glob(p), None) for p in WEIGHT_PATTERNS):
+    if _weight_files(model) == []:
         raise EvalInputError(
-            f"eval.models.{label}: {folder} has config.json but no weights (*.safetensors or *.bin)"
+            f"eval.models.{label}: {model} has config.json but no weights (*.safetensors or *.bin)"
         )
 
 
@@ -136,13 +154,12 @@ def _prompts_desc(cfg: PromptsConfig, count: int) -> str:
     return f"{source} ({count})"
 
 
-def _weights_signature(path: str) -> list[list[Any]]:
-    """Names, sizes and times of a folder's weights: a retrained model at the same path is a new model."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return []
-    files = sorted(f for p in WEIGHT_PATTERNS for f in folder.glob(p))
-    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+def _weights_signature(model: str) -> list[list[Any]]:
+    """Names, sizes and times of a folder's weights: a retrained model at the same path is a new model.
+
+    Of the folder as the config names it: on object storage the objects' upload times, which every
+    machine sees alike (a local copy's times would differ from one machine to the next)."""
+    return [list(f) for f in _weight_files(model) or []]
 
 
 def is_pairwise(settings: JudgeSettings) -> bool:
@@ -173,7 +190,7 @@ def _selfee_generate(cfg: EvalConfig, inherited: dict[str, Any], max_tokens: int
 def plan_eval(
     cfg: EvalConfig,
     *,
-    run_dir: str | Path,
+    run_dir: str | Path | storage.ObjectPath,
     model: str,
     model_cache: str,
     seed: int,
@@ -183,7 +200,7 @@ def plan_eval(
     pool: JudgePoolConfig,
 ) -> EvalPlan:
     """Check everything the eval depends on, before Ray starts and before anything is written."""
-    run_dir = Path(run_dir)
+    run_dir = storage.as_location(run_dir)
     labels = resolve_labels(cfg.models, model, run_dir)
     use_judges = cfg.judges if cfg.judges is not None else judges
     if not use_judges:
@@ -215,13 +232,15 @@ def plan_eval(
             path = resolve_model(name, model_cache)
         except ModelNotFoundError as e:
             raise ModelNotFoundError(f"eval.models.{label}: {e}") from None
-        check_weights(label, path)
+        # the folder as named: a model on object storage is checked (and fingerprinted) as its objects
+        named = name if storage.is_uri(name) else path
+        check_weights(label, named)
         run = ModelRun(label, name, plan_generate(cfg.prompts, gen, name, model_cache, seed))
         if selfee is not None:
             run.selfee = plan_generate(cfg.prompts, selfee, name, model_cache, seed)
         for plan in (run.generate, run.selfee):
             if plan is not None:
-                plan.fingerprint["weights"] = _weights_signature(path)
+                plan.fingerprint["weights"] = _weights_signature(named)
         runs.append(run)
     pairwise = {n: s for n, s in use_judges.items() if is_pairwise(s)} if cfg.pairwise else {}
     problems = len(runs[0].generate.prompts)
@@ -315,16 +334,16 @@ def derive_stage(
     """
     if dest.done():
         return
-    dest.start({"derived_from": json.loads((source.path / "_stage.json").read_text()), **tag})
+    dest.start({"derived_from": storage.read_json(source.path / STAGE_FILE), **tag})
     done = dest.completed_shards()
     for i in sorted(source.completed_shards() - done):
-        rows = rows_fn(i, pq.read_table(source.path / shard_name(i)).to_pylist())
+        rows = rows_fn(i, storage.read_table(source.path / shard_name(i)).to_pylist())
         dest.write_shard(i, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
-    samples = sum(pq.ParquetFile(p).metadata.num_rows for p in dest.shard_paths())  # footers only
+    samples = dest.dataset().count_rows()  # from the footers
     dest.mark_done({"samples": samples, "wall_seconds_this_run": 0.0})
 
 
-def _judged(plan: EvalPlan, root: Path, judges: dict[str, JudgeSettings]) -> StageDir:
+def _judged(plan: EvalPlan, root: Location, judges: dict[str, JudgeSettings]) -> StageDir:
     """The judge stage on ``root/generate``, into ``root/judge`` (skipped once done)."""
     out = StageDir(root / "judge")
     if not out.done():
@@ -333,7 +352,7 @@ def _judged(plan: EvalPlan, root: Path, judges: dict[str, JudgeSettings]) -> Sta
     return out
 
 
-def _eval_model(plan: EvalPlan, run: ModelRun, root: Path) -> dict[str, Any]:
+def _eval_model(plan: EvalPlan, run: ModelRun, root: Location) -> dict[str, Any]:
     """Generate and judge one model's rows (each sub-stage resumed or skipped as it stands)."""
     base = root / run.label
     gen_dir, judge_dir = StageDir(base / "generate"), StageDir(base / "judge")
@@ -350,7 +369,7 @@ def _eval_model(plan: EvalPlan, run: ModelRun, root: Path) -> dict[str, Any]:
     }
 
 
-def _selfee_k(plan: EvalPlan, run: ModelRun, root: Path) -> dict[str, Any]:
+def _selfee_k(plan: EvalPlan, run: ModelRun, root: Location) -> dict[str, Any]:
     """Accuracy after 0..K enforced revisions: a SelFee generation, its answers per k, the eval judge."""
     assert run.selfee is not None and plan.cfg.selfee_revisions is not None
     gen_dir = StageDir(root / run.label / "selfee" / "generate")
@@ -367,16 +386,16 @@ def _selfee_k(plan: EvalPlan, run: ModelRun, root: Path) -> dict[str, Any]:
     return metrics.selfee_accuracy(rows.to_pylist(), j, n, plan.cfg.threshold)
 
 
-def _pairwise(plan: EvalPlan, label: str, root: Path) -> list[dict[str, Any]]:
+def _pairwise(plan: EvalPlan, label: str, root: Location) -> list[dict[str, Any]]:
     """Each pairwise judge's verdicts on (base's attempt 2, this model's attempt 2)."""
     ours, theirs = StageDir(root / label / "generate"), StageDir(root / "base" / "generate")
     derived = root / label / "vs_base"
-    tag = {"against": json.loads((theirs.path / "_stage.json").read_text())}
+    tag = {"against": storage.read_json(theirs.path / STAGE_FILE)}
     derive_stage(
         ours,
         StageDir(derived / "generate"),
         tag,
-        lambda i, rows: versus_rows(rows, pq.read_table(theirs.path / shard_name(i)).to_pylist()),
+        lambda i, rows: versus_rows(rows, storage.read_table(theirs.path / shard_name(i)).to_pylist()),
     )
     judged = _judged(plan, derived, plan.pairwise)
     out = []

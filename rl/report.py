@@ -6,6 +6,9 @@ the report can be rebuilt anywhere from that file alone. The rest is context whe
 the resolved config (``RUN_DIR/config.yaml``), data sizes and wall times from each stage's
 ``_SUCCESS.json``, and the training curves from ``RUN_DIR/train/metrics.jsonl``.
 
+The run directory may be on object storage (``s3://...``): everything is read through
+``datagen.storage``, rendered in memory and published to ``RUN_DIR/report/`` one whole file at a time.
+
 The document is a list of blocks (headings, paragraphs, tables, images, code) built from those
 dicts; Markdown and HTML are two renderings of the same list, so they cannot disagree.
 """
@@ -22,10 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from datagen import storage
 from datagen.shards import StageInputError, atomic_write_bytes
+from datagen.storage import Location
 
-METRICS_FILE = Path("eval") / "metrics.json"
-TRAIN_LOG_FILE = Path("train") / "metrics.jsonl"
+METRICS_FILE = "eval/metrics.json"
+TRAIN_LOG_FILE = "train/metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 REPORT_DIR = "report"
 # The stages whose _SUCCESS.json the report reads, and the key that holds each one's wall time.
@@ -60,11 +65,11 @@ class RunFacts:
     run_dir: str = ""
 
 
-def read_metrics(path: Path) -> dict[str, Any]:
-    if not path.exists():
+def read_metrics(path: Location) -> dict[str, Any]:
+    if not storage.exists(path):
         raise StageInputError(f"{path}: no eval metrics (run the eval stage first)")
     try:
-        metrics = json.loads(path.read_text())
+        metrics = storage.read_json(path)
     except json.JSONDecodeError as e:
         raise StageInputError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
     if not isinstance(metrics, dict) or metrics.get("version") != 1 or not isinstance(metrics.get("models"), dict):
@@ -72,12 +77,12 @@ def read_metrics(path: Path) -> dict[str, Any]:
     return metrics
 
 
-def read_train_log(path: Path) -> list[dict[str, Any]]:
+def read_train_log(path: Location) -> list[dict[str, Any]]:
     """Per-step training metrics, one per step: a resumed run logs some steps twice; the last wins."""
-    if not path.exists():
+    if not storage.exists(path):
         return []
     by_step: dict[int, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
+    for line in storage.read_bytes(path).decode().splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
@@ -87,19 +92,19 @@ def read_train_log(path: Path) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def read_run(run_dir: str | Path) -> RunFacts:
-    """Everything the report shows; only ``eval/metrics.json`` is required."""
-    run = Path(run_dir)
+def read_run(run_dir: str | Path | storage.ObjectPath) -> RunFacts:
+    """Everything the report shows; only ``eval/metrics.json`` is required. The run may be on object storage."""
+    run = storage.as_location(run_dir)
     metrics = read_metrics(run / METRICS_FILE)
     config = run / CONFIG_FILE
     stages = {}
     for name in STAGE_SECONDS:
         success = run / name / "_SUCCESS.json"
-        if success.exists():
-            stages[name] = json.loads(success.read_text())
+        if storage.exists(success):
+            stages[name] = storage.read_json(success)
     return RunFacts(
         metrics=metrics,
-        config_text=config.read_text() if config.exists() else None,
+        config_text=storage.read_bytes(config).decode() if storage.exists(config) else None,
         stages=stages,
         train_log=read_train_log(run / TRAIN_LOG_FILE),
         run_dir=str(run),
@@ -410,27 +415,32 @@ def before_after(metrics: dict[str, Any]) -> str:
 # --- writing -------------------------------------------------------------------------------------
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Any]:
+def write_report(
+    run_dir: str | Path | storage.ObjectPath, out_dir: str | Path | storage.ObjectPath | None = None
+) -> dict[str, Any]:
     """Read the run, draw the plots and write report.md and report.html; return a summary.
 
-    Each file is written whole (temporary file, then rename). Raises ``StageInputError`` when
+    Everything is rendered in memory, then each file is published whole (a temporary file and a rename
+    on disk, one upload on object storage): the plots first, report.md, and report.html last, so a
+    report.html that is there is the whole report. Raises ``StageInputError`` when
     ``RUN_DIR/eval/metrics.json`` is missing or unreadable.
     """
     from rl import report_plots
 
     started = time.perf_counter()
     facts = read_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else Path(run_dir) / REPORT_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.as_location(out_dir) if out_dir is not None else storage.as_location(run_dir) / REPORT_DIR
     pngs = report_plots.draw_all(facts.metrics, facts.train_log)
+    alts = {name: report_plots.TITLES[name] for name in pngs}
+    blocks = report_blocks(facts, alts)
+    markdown, page = render_markdown(blocks).encode(), render_html(blocks, pngs).encode()
+    storage.makedirs(out)
     for name, data in pngs.items():
         atomic_write_bytes(out / name, data)
     for name in set(report_plots.TITLES) - set(pngs):
-        (out / name).unlink(missing_ok=True)  # a plot an earlier report drew that has no data now
-    alts = {name: report_plots.TITLES[name] for name in pngs}
-    blocks = report_blocks(facts, alts)
-    atomic_write_bytes(out / "report.md", render_markdown(blocks).encode())
-    atomic_write_bytes(out / "report.html", render_html(blocks, pngs).encode())
+        storage.remove(out / name)  # a plot an earlier report drew that has no data now
+    atomic_write_bytes(out / "report.md", markdown)
+    atomic_write_bytes(out / "report.html", page)
     return {
         "report": str(out / "report.md"),
         "html": str(out / "report.html"),

@@ -19,7 +19,8 @@ checkpoint (trainable weights, optimizer, step, version, the best weights so far
 restarted worker group resumes from it, and the engines are re-synced to its weights first, so no
 step is trained twice into the final model. At the end the kept weights (the best training reward
 over ``select_window`` steps, as the paper keeps its best checkpoint, or the last) are saved as a
-Hugging Face folder in ``OUT/model`` (and the adapter in ``OUT/adapter``).
+Hugging Face folder in ``OUT/model`` (and the adapter in ``OUT/adapter``). ``OUT`` may be on object
+storage (``run_score`` says what goes there when).
 
 pi_ref is the starting model: with LoRA, the same weights with the adapter disabled; otherwise a
 frozen copy.
@@ -43,10 +44,11 @@ from typing import Any
 
 import torch
 
+from datagen import storage
 from datagen.config import REVIEW_PROMPTS, GenerateConfig
 from datagen.metrics import record_rl, stage_tags
 from datagen.records import Prompt, judge_column
-from datagen.shards import StageDir, StageInputError, atomic_write_bytes, atomic_write_json
+from datagen.shards import STAGE_FILE, SUCCESS_FILE, StageDir, StageInputError, atomic_write_bytes, atomic_write_json
 from judges.config import JudgeSettings
 from rl.config import JUDGE_SCALES, TrainConfig
 from rl.score_math import (
@@ -326,7 +328,7 @@ def judge_episodes(
     return counts
 
 
-def _write_rollouts(path: Path, step: int, stage: int, lag: int, episodes: list[dict[str, Any]]) -> None:
+def _write_rollouts(path: storage.Location, step: int, stage: int, lag: int, episodes: list[dict[str, Any]]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -426,10 +428,12 @@ def score_loop(c: dict[str, Any]) -> None:
     by_id = {p.prompt_id: p for p in prompts}
     gen = GenerateConfig.model_validate(c["generate"])
     review = REVIEW_PROMPTS.get(s.review_prompt, s.review_prompt)
-    out = Path(c["out_dir"])
+    out = storage.as_location(c["out_dir"])
+    metrics_file = Path(c["metrics_file"])
     client = judge = None
     if rank == 0:
-        (out / ROLLOUT_DIR).mkdir(parents=True, exist_ok=True)
+        storage.makedirs(out / ROLLOUT_DIR)
+        _pull_metrics(c["metrics_object"], metrics_file)
         client = RolloutClient(c["actors"], c["sync"], s.sync_timeout_s, c["gpus_per_actor"])
         judge = JudgeWorker({s.judge: c["judge"]})
         if state["version"]:
@@ -503,7 +507,9 @@ def score_loop(c: dict[str, Any]) -> None:
                 "step_seconds": time.perf_counter() - started, "learning_rate": t.lr,
             }  # fmt: skip
             if (step + 1) % t.log_every == 0 or step + 1 == total:
-                append_line(Path(c["metrics_file"]), record)
+                append_line(metrics_file, record)
+                if c["metrics_object"]:
+                    storage.write_bytes(storage.as_location(c["metrics_object"]), metrics_file.read_bytes())
             record_rl(
                 stage_tags(out), step=step + 1, loss=record["loss"],
                 kl={"turn1": numbers["kl_t1"], "turn2": numbers["kl_t2"]},
@@ -512,10 +518,17 @@ def score_loop(c: dict[str, Any]) -> None:
                 policy_lag=batch["lag"], flagged=len(episodes) - len(valid), grad_norm=numbers["grad_norm"],
             )  # fmt: skip
             progress = {"step": step + 1, "max_steps": total, "pid": os.getpid(), "engine_pids": client.pids}
-            atomic_write_json(out / PROGRESS_FILE, progress)
+            atomic_write_json(Path(c["progress_file"]), progress)
         if (step + 1) % t.checkpoint_every == 0 and step + 1 < total:
             _report_checkpoint(rank, state, model, optimizer, best_weights)
     _finish(rank, state, model, best_weights, c, t)
+
+
+def _pull_metrics(uri: str | None, local: Path) -> None:
+    """On object storage, start from the log as uploaded (a worker resumed on another machine keeps its lines)."""
+    if uri and storage.exists(storage.as_location(uri)):
+        local.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(local, storage.read_bytes(storage.as_location(uri)))
 
 
 def _report_checkpoint(rank: int, state: dict[str, Any], model: Any, optimizer: Any,
@@ -634,14 +647,21 @@ def run_score(
     generate: GenerateConfig,
     judge_name: str,
     judge: JudgeSettings,
-    out_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | storage.ObjectPath,
     overwrite: bool = False,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Train with SCoRe; the kept model lands in ``out_dir/model``. Needs Ray initialised.
 
-    A finished run is kept; a stopped one resumes from its last checkpoint.
+    A finished run is kept; a stopped one resumes from its last checkpoint. ``out_dir`` may be on object
+    storage: Ray Train's checkpoints go there directly, so a new driver anywhere resumes from them; each
+    step's rollouts are one upload of a whole Parquet file, and the metrics log, appended to on local
+    disk, is uploaded whole after each line. A step (sampling, judging, an update) takes seconds to
+    minutes and the log is small, so one more PUT per step costs nothing beside it, and a run that moves
+    to another machine keeps every step's record. The model and adapter are uploaded at the end.
     """
+    import shutil
+
     import ray
     from ray.util.placement_group import remove_placement_group
 
@@ -653,6 +673,13 @@ def run_score(
         out.check(fingerprint)
         return out.summary()
     out.start(fingerprint, overwrite=overwrite)
+    remote = isinstance(out.path, storage.ObjectPath)
+    # what is written through the local file system: the whole stage locally, a mirror on object storage
+    local = storage.local_cache(out.path.parent, out.path.name).resolve() if remote else out.path.resolve()
+    if remote and overwrite:
+        shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True, exist_ok=True)
+    metrics_object = out.path / METRICS_FILE if remote else None
     sync = sync_backend(cfg)
     started = time.perf_counter()
     actors, groups = _start_actors(cfg, model_path, generate, seed, sync)
@@ -668,11 +695,13 @@ def run_score(
             "actors": actors,
             "sync": sync,
             "gpus_per_actor": int(generate.engine.num_gpus),
-            "out_dir": str(out.path.resolve()),
-            "metrics_file": str((out.path / METRICS_FILE).resolve()),
+            "out_dir": str(out.path) if remote else str(local),  # rollouts go straight there
+            "metrics_file": str(local / METRICS_FILE),
+            "metrics_object": str(metrics_object) if metrics_object else None,
+            "progress_file": str(local / PROGRESS_FILE),
         }
         trainer = make_trainer(score_loop, loop_cfg, cfg, out.path)
-        with _step_bar(out.path / PROGRESS_FILE):
+        with _step_bar(local / PROGRESS_FILE):
             result = trainer.fit()
     finally:
         try:
@@ -685,9 +714,13 @@ def run_score(
             remove_placement_group(pg)
     if result.checkpoint is None:
         raise RuntimeError("training ended without a final checkpoint")
-    final = publish_final(result.checkpoint, out.path)
-    steps = _dedupe_metrics(out.path / METRICS_FILE)
-    log = [json.loads(x) for x in (out.path / METRICS_FILE).read_text().splitlines()] if steps else []
+    final = publish_final(result.checkpoint, local)
+    if metrics_object is not None:
+        _pull_metrics(str(metrics_object), local / METRICS_FILE)  # rank 0 may have run on another machine
+    steps = _dedupe_metrics(local / METRICS_FILE)
+    log = [json.loads(x) for x in (local / METRICS_FILE).read_text().splitlines()] if steps else []
+    if remote:
+        storage.upload_folder(local, out.path, skip=(STAGE_FILE, SUCCESS_FILE, ROLLOUT_DIR))
     summary = {
         "algorithm": "score",
         "steps": final["step"],
