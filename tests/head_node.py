@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -13,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from vllm_server import free_port
@@ -20,9 +22,23 @@ from vllm_server import free_port
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
+class Head(NamedTuple):
+    url: str  # the job server (dashboard)
+    gcs: str  # what `ray start --address` joins
+    temp_dir: str
+    proc: subprocess.Popen
+
+
 @contextlib.contextmanager
 def ray_head_cluster(log_dir: Path, mp: pytest.MonkeyPatch, num_cpus: int = 2) -> Iterator[str]:
-    """A head node in its own process group; yields the job server's URL.
+    """A head node in its own process group; yields the job server's URL (``ray_head_node`` for more)."""
+    with ray_head_node(log_dir, mp, num_cpus) as head:
+        yield head.url
+
+
+@contextlib.contextmanager
+def ray_head_node(log_dir: Path, mp: pytest.MonkeyPatch, num_cpus: int = 2) -> Iterator[Head]:
+    """A head node in its own process group.
 
     Ray's token authentication runs with a token of the test's own: the head, the job clients and
     the jobs' drivers read it from the environment, and ~/.ray is left alone.
@@ -66,23 +82,90 @@ def ray_head_cluster(log_dir: Path, mp: pytest.MonkeyPatch, num_cpus: int = 2) -
                 assert head.poll() is None, log_path.read_text()[-3000:]
                 assert time.monotonic() < deadline, "the dashboard's job server did not come up"
                 time.sleep(1)
-        yield url
+        yield Head(url, f"127.0.0.1:{port}", temp_dir, head)
     finally:
         # `ray stop` would also stop the session's other local Ray: end this head only. SIGTERM to
         # `ray start` alone, which drains the node through the GCS and stops its processes (a SIGTERM
         # to the whole group kills the GCS first, and the drain waits 30 s for it); then whatever of
         # the group is left.
-        with contextlib.suppress(ProcessLookupError):
-            head.send_signal(signal.SIGTERM)
-            try:
-                head.wait(15)  # its drain can wait 30 s on idle workers; the group is killed below
-            except subprocess.TimeoutExpired:
-                head.kill()
-                head.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
+        stop_node(head)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def stop_node(proc: subprocess.Popen, wait_s: float = 15) -> None:
+    """SIGTERM to `ray start --block` alone, which drains the node through the GCS and stops its
+    processes (a SIGTERM to the whole group kills the GCS first, and the drain waits 30 s for it);
+    then whatever of the node's process group is left."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(wait_s)  # its drain can wait 30 s on idle workers; the group is killed below
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def ray_worker_node(
+    head: Head, log_dir: Path, num_cpus: int = 1, resources: dict[str, float] | None = None
+) -> Iterator[subprocess.Popen]:
+    """A second node joined to ``head``, on this host, in its own process group; yields its `ray start`.
+
+    Two raylets share one host only with ports of their own (the defaults belong to the head) and the
+    head's session (``--temp-dir``: the session's folder is the head's). ``stop_node`` ends it early
+    (a lost machine); the teardown stops whatever is left.
+    """
+    manager = free_port()
+    ports = [
+        f"--{name}={free_port()}"
+        for name in ("object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                     "metrics-export-port", "runtime-env-agent-port")
+    ]
+    chosen = {manager, *(int(p.rsplit("=", 1)[1]) for p in ports)}
+    while (low := free_port()) > 65000 or chosen & set(range(low, low + 101)):
+        pass  # Ray refuses a worker port range that holds another of the node's ports
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    log_path = log_dir / "ray-node2.log"
+    log = open(log_path, "w")
+    node = subprocess.Popen(
+        [
+            RAY, "start", "--block", f"--address={head.gcs}", f"--temp-dir={head.temp_dir}",
+            f"--num-cpus={num_cpus}", "--num-gpus=0", f"--resources={json.dumps(resources or {})}",
+            f"--node-manager-port={manager}", f"--min-worker-port={low}", f"--max-worker-port={low + 100}",
+            "--disable-usage-stats", *ports,
+        ],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while manager not in alive_nodes(head.url):
+            assert node.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the second node did not join"
+            time.sleep(1)
+        yield node
+    finally:
+        stop_node(node)
+        log.close()
+
+
+def alive_nodes(url: str) -> set[int]:
+    """The node manager ports of the cluster's live nodes, as the dashboard's REST API lists them (a
+    stopped node may read alive for a few seconds)."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url}/nodes?view=summary", headers={"Authorization": f"Bearer {os.environ['RAY_AUTH_TOKEN']}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            summary = json.load(r)["data"]["summary"]
+    except OSError:
+        return set()
+    return {n["raylet"]["nodeManagerPort"] for n in summary if n["raylet"]["state"] == "ALIVE"}
 
 
 def job_client(url: str):
