@@ -110,7 +110,11 @@ def stop_node(proc: subprocess.Popen, wait_s: float = 15) -> None:
 
 @contextlib.contextmanager
 def ray_worker_node(
-    head: Head, log_dir: Path, num_cpus: int = 1, resources: dict[str, float] | None = None
+    head: Head,
+    log_dir: Path,
+    num_cpus: int = 1,
+    resources: dict[str, float] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen]:
     """A second node joined to ``head``, on this host, in its own process group; yields its `ray start`.
 
@@ -127,8 +131,8 @@ def ray_worker_node(
     chosen = {manager, *(int(p.rsplit("=", 1)[1]) for p in ports)}
     while (low := free_port()) > 65000 or chosen & set(range(low, low + 101)):
         pass  # Ray refuses a worker port range that holds another of the node's ports
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    node_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | (env or {})
+    node_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{node_env.get('PATH', '')}"
     log_path = log_dir / "ray-node2.log"
     log = open(log_path, "w")
     node = subprocess.Popen(
@@ -138,7 +142,7 @@ def ray_worker_node(
             f"--node-manager-port={manager}", f"--min-worker-port={low}", f"--max-worker-port={low + 100}",
             "--disable-usage-stats", *ports,
         ],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, env=node_env, start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
