@@ -1,5 +1,9 @@
 """``selfcorrect status``: where a run stands, read from its run directory alone (no Ray started).
 
+The run directory may be local or on object storage (``s3://...``): everything is read through
+``datagen.storage``; a run on object storage keeps its logs on the local disk of the machine that
+drove it, so its last error is found there only.
+
 Each stage is done (``_SUCCESS.json``), partial (shards done of the total, where the total is
 known), or not started; the last error is the last traceback in ``RUN_DIR/logs/driver.log`` and,
 given a job server (``--address`` or ``RAY_ADDRESS``), the run's latest Ray job that failed.
@@ -8,11 +12,11 @@ given a job server (``--address`` or ``RAY_ADDRESS``), the run's latest Ray job 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,9 @@ from typing import Any
 from cluster.config import Config, ConfigError, load_config
 from cluster.console import DRIVER_LOG, LOG_DIR
 from cluster.stages import STAGES
+from datagen import storage
 from datagen.shards import STAGE_FILE, StageDir
+from datagen.storage import Location, ObjectPath, as_location, is_uri, local_cache
 
 RESOLVED_CONFIG = "config.yaml"  # what cluster.cli writes beside the stages' output
 
@@ -39,6 +45,18 @@ def add_parser(sub: Any) -> None:
 
 def resolve(target: str, overrides: list[str]) -> Config:
     """The run's config: a run directory's resolved ``config.yaml`` (run_dir set to where it is now), or a file."""
+    if is_uri(target):  # a run directory on object storage
+        run_dir = as_location(target)
+        try:
+            text = storage.read_bytes(run_dir / RESOLVED_CONFIG)
+        except FileNotFoundError:
+            return load_config(None, [f"run_dir={target}", *overrides])
+        except OSError as e:
+            raise ConfigError(f"{run_dir / RESOLVED_CONFIG}: cannot be read: {e}") from e
+        with tempfile.NamedTemporaryFile(suffix=".yaml") as f:
+            f.write(text)
+            f.flush()
+            return load_config(Path(f.name), [f"run_dir={target}", *overrides])
     path = Path(target)
     if path.is_dir():
         resolved = path / RESOLVED_CONFIG
@@ -52,7 +70,7 @@ def _shard_state(out: StageDir, total: int | None) -> tuple[str, str]:
         shards = out.summary().get("shards", total)
         return "done", f"{shards} shards" if shards is not None else ""
     done = len(out.completed_shards())
-    if not out.path.exists() or (done == 0 and not (out.path / STAGE_FILE).exists()):
+    if done == 0 and not storage.exists(out.path / STAGE_FILE):
         return "not started", ""
     return "partial", f"{done}/{total if total is not None else '?'} shards"
 
@@ -83,18 +101,17 @@ def _train(cfg: Config) -> tuple[str, str]:
     if out.done():
         s = out.summary()
         return "done", f"{s.get('steps', '?')} steps, model {s.get('model', out.path / 'model')}"
-    ray_dir = out.path / RUN_NAME
-    checkpoints = sorted(p for p in ray_dir.glob("checkpoint_*") if p.is_dir()) if out.path.exists() else []
-    try:
-        progress = json.loads((out.path / PROGRESS_FILE).read_text())
+    checkpoints = sorted(n for n in storage.list_names(out.path / RUN_NAME) if n.startswith("checkpoint_"))
+    try:  # on object storage the progress file stays beside the driver: none here
+        progress = storage.read_json(out.path / PROGRESS_FILE)
     except (OSError, ValueError):
         progress = None
-    if not checkpoints and progress is None and not (out.path / STAGE_FILE).exists():
+    if not checkpoints and progress is None and not storage.exists(out.path / STAGE_FILE):
         return "not started", ""
     parts = []
     if progress is not None:
         parts.append(f"step {progress.get('step', '?')}/{progress.get('max_steps') or '?'}")
-    parts.append(f"{len(checkpoints)} checkpoint(s)" + (f", last {checkpoints[-1].name}" if checkpoints else ""))
+    parts.append(f"{len(checkpoints)} checkpoint(s)" + (f", last {checkpoints[-1]}" if checkpoints else ""))
     return "partial", ", ".join(parts)
 
 
@@ -103,7 +120,7 @@ def _eval(cfg: Config) -> tuple[str, str]:
     if StageDir(root).done():
         models = StageDir(root).summary().get("models", {})
         return "done", f"{', '.join(models)}; metrics {root / 'metrics.json'}"
-    labels = sorted(p.name for p in root.iterdir() if (p / "generate").is_dir()) if root.is_dir() else []
+    labels = sorted(n for n in storage.list_names(root) if storage.exists(root / n / "generate"))
     if not labels:
         return "not started", ""
     parts = []
@@ -119,7 +136,7 @@ def _eval(cfg: Config) -> tuple[str, str]:
 
 def _report(cfg: Config) -> tuple[str, str]:
     html = cfg.stage_dir("report") / "report.html"
-    return ("done", "") if html.exists() else ("not started", "")
+    return ("done", "") if storage.exists(html) else ("not started", "")
 
 
 def _default(name: str) -> Callable[[Config], tuple[str, str]]:
@@ -127,7 +144,7 @@ def _default(name: str) -> Callable[[Config], tuple[str, str]]:
         out = StageDir(cfg.stage_dir(name))
         if out.done():
             return "done", ""
-        return ("partial", "") if out.path.exists() and any(out.path.iterdir()) else ("not started", "")
+        return ("partial", "") if storage.list_names(out.path) else ("not started", "")
 
     return state
 
@@ -142,7 +159,7 @@ READERS: dict[str, Callable[[Config], tuple[str, str]]] = {
 }
 
 
-def stage_states(cfg: Config) -> list[tuple[str, str, str, Path]]:
+def stage_states(cfg: Config) -> list[tuple[str, str, str, Location]]:
     """``(stage, state, detail, output path)`` for each stage of a run (and the others that have output)."""
     rows = []
     for name, stage in STAGES.items():
@@ -196,15 +213,15 @@ def status_command(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    run_dir = Path(cfg.run_dir)
-    print(f"run {run_dir}" + ("" if run_dir.is_dir() else " (does not exist yet)"))
+    run_dir = as_location(cfg.run_dir)
+    print(f"run {run_dir}" + ("" if storage.list_names(run_dir) else " (does not exist yet)"))
     rows = stage_states(cfg)
     width = max(len(r[0]) for r in rows)
     for name, state, detail, path in rows:
         where = f"  {path}" if state not in ("not started", "skipped") else ""
         print(f"  {name:<{width}}  {state:<11}  {detail}{where}".rstrip())
     unfinished = any(state not in ("done", "skipped") for name, state, _, _ in rows if STAGES[name].in_run)
-    log = run_dir / LOG_DIR / DRIVER_LOG
+    log = (local_cache(run_dir, "logs") if isinstance(run_dir, ObjectPath) else run_dir / LOG_DIR) / DRIVER_LOG
     error = last_error(log) if unfinished else None
     if error:
         print(f"last error: {error}\n  (in {log})")

@@ -7,11 +7,14 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+from s3_server import BUCKET
 
 from cluster.cli import _write_config, main
 from cluster.config import load_config
 from cluster.status import last_error
+from datagen import storage
 from datagen.shards import StageDir, atomic_write_json
+from datagen.storage import ObjectPath
 
 ROOT = Path(__file__).parents[2]
 OVERRIDES = ["prompts.limit=5", "generate.shard_size=2"]  # 5 prompts: 3 generate shards
@@ -129,3 +132,29 @@ def test_a_score_run_shows_the_offline_stages_as_skipped(tmp_path):
     for name in ("generate", "judge", "build"):
         assert states[name][0] == "skipped" and "not part of this run" in states[name][1]
     assert states["train"][0] == "not started"
+
+
+def test_status_of_a_run_on_object_storage_reads_as_the_same_run_on_disk(s3, tmp_path, capsys, monkeypatch):
+    """The partial run, in a bucket as the stages write it there, with its driver log on the local disk of
+    the machine that drove it (where a run on object storage keeps its logs): the same states."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    run = make_run(tmp_path)
+    # object storage has no empty folders: the checkpoint holds a file
+    (run / "train" / "ray" / "checkpoint_2026-11-25_01-00-00.000000" / "model.pt").write_bytes(b"w")
+    assert main(["status", str(run)]) == 0
+    local = capsys.readouterr().out
+    uri = f"s3://{BUCKET}/status/run"
+    storage.upload_folder(run, ObjectPath(uri), skip=("logs",))
+    log = storage.local_cache(ObjectPath(uri), "logs") / "driver.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(TRACEBACKS)
+
+    assert main(["status", uri]) == 0
+    out = capsys.readouterr().out
+    assert out == local.replace(str(run / "logs"), str(log.parent)).replace(str(run), uri)
+    assert "train     partial      step 3/5, 1 checkpoint(s)" in out and "last error: ray.exceptions" in out
+
+    assert main(["status", f"s3://{BUCKET}/status/none"]) == 0  # nothing there yet: every stage not started
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"run s3://{BUCKET}/status/none (does not exist yet)"
+    assert all(line.split(None, 1)[1].strip() == "not started" for line in out.splitlines()[1:])
