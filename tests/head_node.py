@@ -20,6 +20,15 @@ import pytest
 from vllm_server import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
+# Every port of its own: another Ray on the machine holding a default one (the dashboard agent's
+# 52365, the client server's 10001) would leave a head without a job agent.
+HEAD_PORTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+              "runtime-env-agent-port", "ray-client-server-port")
+
+
+def port_flags(names: tuple[str, ...]) -> list[str]:
+    """``--NAME=PORT`` with a free port for each of ``names``."""
+    return [f"--{name}={free_port()}" for name in names]
 
 
 class Head(NamedTuple):
@@ -46,13 +55,7 @@ def ray_head_node(log_dir: Path, mp: pytest.MonkeyPatch, num_cpus: int = 2) -> I
     mp.setenv("RAY_AUTH_MODE", "token")
     mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     port, dashboard = free_port(), free_port()
-    # Every port of its own: another Ray on the machine holding a default one (the dashboard agent's
-    # 52365, the client server's 10001) would leave this head without a job agent.
-    ports = [
-        f"--{name}={free_port()}"
-        for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-                     "runtime-env-agent-port", "ray-client-server-port")
-    ]
+    ports = port_flags(HEAD_PORTS)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # A job's entrypoint says `python`, as on a cluster whose nodes have the project's environment.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -123,11 +126,8 @@ def ray_worker_node(
     (a lost machine); the teardown stops whatever is left.
     """
     manager = free_port()
-    ports = [
-        f"--{name}={free_port()}"
-        for name in ("object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                     "metrics-export-port", "runtime-env-agent-port")
-    ]
+    ports = port_flags(("object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                        "metrics-export-port", "runtime-env-agent-port"))
     chosen = {manager, *(int(p.rsplit("=", 1)[1]) for p in ports)}
     while (low := free_port()) > 65000 or chosen & set(range(low, low + 101)):
         pass  # Ray refuses a worker port range that holds another of the node's ports

@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 import psutil
 import pyarrow.dataset as pads
 import pytest
+from head_node import HEAD_PORTS, port_flags, stop_node
 from vllm_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -90,11 +90,7 @@ def autoscaling_head(log_dir: Path, head_cpus: int = 1, worker_cpus: int = 1, ma
         RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1",
         PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}",  # every node imports this checkout
     )
-    ports = [
-        f"--{name}={free_port()}"
-        for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-                     "runtime-env-agent-port", "ray-client-server-port")
-    ]
+    ports = port_flags(HEAD_PORTS)
     log = open(log_dir / "ray-head.log", "w")
     head = subprocess.Popen(
         [
@@ -114,18 +110,9 @@ def autoscaling_head(log_dir: Path, head_cpus: int = 1, worker_cpus: int = 1, ma
             time.sleep(1)
         yield cluster
     finally:
-        # SIGTERM to `ray start` alone drains the node through the GCS; then whatever of the group
-        # is left (the fake worker nodes are the autoscaler's children, in the same group), then
-        # anything that left the group but still runs in this cluster's temp dir.
-        with contextlib.suppress(ProcessLookupError):
-            head.send_signal(signal.SIGTERM)
-            try:
-                head.wait(5)  # its drain waits up to 30 s on idle workers; the group is killed below
-            except subprocess.TimeoutExpired:
-                head.kill()
-                head.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
+        # the head and its process group (the fake worker nodes are the autoscaler's children, in
+        # the same group), then anything that left the group but still runs in this cluster's temp dir
+        stop_node(head, wait_s=5)
         for proc in psutil.process_iter(["pid", "cmdline"]):
             if any(temp_dir in arg for arg in proc.info["cmdline"] or ()):
                 with contextlib.suppress(psutil.Error):
