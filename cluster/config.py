@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from datagen.config import GenerateConfig, JudgePoolConfig, PromptsConfig, Strict
 from datagen.storage import Location, as_location, is_uri
@@ -52,6 +52,15 @@ class Config(Strict):
         # Ray Train workers run in a directory of their own: a relative path must not reach them.
         # A URI (s3://bucket/run) is kept as is.
         return value if is_uri(value) else str(Path(value).expanduser().absolute())
+
+    @model_validator(mode="after")
+    def _selfee_threshold(self) -> Config:
+        # the threshold is in the units of the judge build.judge names: known once the judges are
+        if self.build.builder == "selfee":
+            from rl.builders import selfee_threshold
+
+            selfee_threshold(self.build, self.judges)
+        return self
 
     def stage_dir(self, stage: str) -> Location:
         return as_location(self.run_dir) / stage

@@ -126,14 +126,18 @@ class _Plan:
 
 def _build_prepare(cfg: Config) -> Any:
     from rl.build import build_fingerprint
-    from rl.builders import get_builder
+    from rl.builders import get_builder, selfee_threshold
 
     try:
         get_builder(cfg.build.builder)  # an unknown builder fails before anything runs
     except (ValueError, TypeError) as e:
         raise ConfigError(f"build.builder: {e}") from None
     build = cfg.build if cfg.build.seed is not None else cfg.build.model_copy(update={"seed": cfg.seed})
-    return _Plan(build_fingerprint(build, StageDir(cfg.stage_dir("judge"))), settings=build)
+    fingerprint = build_fingerprint(build, StageDir(cfg.stage_dir("judge")))
+    if build.builder == "selfee" and build.min_score is None and build.judge is not None:
+        # the builder sees the judge's pass mark in its units; the fingerprint keeps the setting as given
+        build = build.model_copy(update={"min_score": selfee_threshold(build, cfg.judges)})
+    return _Plan(fingerprint, settings=build)
 
 
 def _build_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:

@@ -8,13 +8,13 @@ returns one ``JudgeResult`` per row, in order. A bad model answer never raises: 
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from datagen.records import judge_column
+from datagen.registry import Registry
 
 
 @dataclass
@@ -76,6 +76,10 @@ class BaseJudge:
     needs_gpu: ClassVar[bool] = False
     #: bumped when the judge's scoring rules change, so the judge stage redoes verdicts made under the old ones
     version: ClassVar[str] = "1"
+    #: (lowest, highest) of score1/score2, where the judge has a fixed scale: RL maps it onto [0, 1]
+    score_scale: ClassVar[tuple[float, float] | None] = None
+    #: the score at or above which an answer passes (SelFee's filter keeps such chains), in the scale's units
+    pass_mark: ClassVar[float | None] = None
 
     def __init__(self, name: str, settings: Any):
         self.name = name
@@ -98,14 +102,27 @@ class BaseJudge:
 
 # --- registry ----------------------------------------------------------------------------------
 
-REGISTRY: dict[str, type] = {}
+
+def _check_judge(spec: str, cls: Any) -> type:
+    if not callable(getattr(cls, "judge", None)):
+        raise ValueError(f"judge type {spec!r}: {spec.partition(':')[2]} has no judge(rows) method")
+    return cls
+
+
+# The built-in judges register themselves when their modules are imported; their heavy dependencies
+# load lazily, when a judge is built.
+REGISTRY: Registry[type] = Registry(
+    "judge type",
+    builtins=tuple(f"judges.{m}" for m in ("embedding", "openai_judge", "reward_model", "self_critic", "verifier")),
+    adapt=_check_judge,
+)
 
 
 def register(type_name: str):
     """Class decorator: make a judge class available under ``type_name`` in configs."""
 
     def deco(cls: type) -> type:
-        REGISTRY[type_name] = cls
+        REGISTRY.register(type_name, cls)
         cls.type_name = type_name
         return cls
 
@@ -114,29 +131,17 @@ def register(type_name: str):
 
 def load(spec: str) -> type:
     """Return the judge class for a registered type name or a ``"package.module:Name"`` string."""
-    _import_builtins()
-    if spec in REGISTRY:
-        return REGISTRY[spec]
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(
-            f"unknown judge type {spec!r}: expected one of {sorted(REGISTRY)} or 'package.module:Name'"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"judge type {spec!r}: cannot import {module_name}: {e}") from e
-    cls = getattr(module, attr, None)
-    if cls is None:
-        raise ValueError(f"judge type {spec!r}: {module_name} has no attribute {attr!r}")
-    if not callable(getattr(cls, "judge", None)):
-        raise ValueError(f"judge type {spec!r}: {attr} has no judge(rows) method")
-    return cls
+    return REGISTRY.get(spec)
 
 
 def _import_builtins() -> None:
-    # The built-in judges register themselves on import; their heavy dependencies load lazily.
-    from judges import code_sandbox, embedding, openai_judge, reward_model, self_critic, verifier  # noqa: F401
+    REGISTRY.names()
+
+
+def score_scale(settings: Any) -> tuple[float, float] | None:
+    """The (lowest, highest) score of the judge these settings build, as its class declares it; None
+    when the judge declares none (a user's judge, a model whose scores are unbounded)."""
+    return getattr(load(settings.type if not isinstance(settings, str) else settings), "score_scale", None)
 
 
 def build(name: str, settings: Any) -> Judge:

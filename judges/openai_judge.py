@@ -150,6 +150,11 @@ def _reference_block(row: dict[str, Any]) -> str:
 class OpenAIJudge(BaseJudge):
     """Scores attempts (pointwise) or picks within each row's pair (pairwise) through a chat API."""
 
+    score_scale = (1.0, 10.0)  # pointwise
+    # SelFee's filter keeps 8 and up: one below its revise-below-9 bar, which is the critic's own; a separate
+    # grader marks lower
+    pass_mark = 8.0
+
     def __init__(self, name: str, settings: Any):
         super().__init__(name, settings)
         if settings.mode == "pairwise":

@@ -93,6 +93,8 @@ class Verifier(BaseJudge):
 
     # 2: the final-answer extractor of judges.answers, finish reasons, the namespaced code sandbox
     version = "2"
+    score_scale = (0.0, 1.0)  # wrong or right
+    pass_mark = 1.0
 
     def __init__(self, name: str, settings: Any):
         super().__init__(name, settings)

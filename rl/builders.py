@@ -13,7 +13,6 @@ also carries ``prompt_id``, a ``group`` (the pairs that must share an optimizer 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -23,9 +22,12 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from datagen.records import MESSAGES, judge_column
+from datagen.registry import Registry
 from datagen.shards import StageInputError
 from datagen.turns import NEEDED, NOT_NEEDED, enforce_revision, format_chain, has_verdict, needs_revision
-from rl.config import SELFEE_PASS_MARKS, BuildConfig
+from judges.base import REGISTRY as JUDGE_TYPES
+from judges.base import load as judge_class
+from rl.config import BuildConfig
 
 Row = dict[str, Any]
 
@@ -64,6 +66,17 @@ class BuildResult:
 
 
 Builder = Callable[[list[Row], BuildConfig], BuildResult]
+
+
+def _callable_builder(spec: str, obj: Any) -> Builder:
+    if isinstance(obj, type):
+        obj = obj()
+    if not callable(obj):
+        raise ValueError(f"builder {spec!r} is not callable")
+    return obj
+
+
+BUILDERS: Registry[Builder] = Registry("builder", adapt=_callable_builder)
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -116,6 +129,7 @@ def _need(rows: list[Row], judge: str, suffixes: tuple[str, ...], builder: str) 
 # --- SCL: correctness flips between attempts ---------------------------------------------------
 
 
+@BUILDERS.register("scl")
 def build_scl(rows: list[Row], cfg: BuildConfig) -> BuildResult:
     """Keep samples whose verifier verdict flips between attempt 1 and attempt 2.
 
@@ -152,6 +166,7 @@ def negatives_rng(seed: int, prompt_id: str) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "little"))
 
 
+@BUILDERS.register("self_contrast")
 def build_self_contrast(rows: list[Row], cfg: BuildConfig) -> BuildResult:
     """The reference as ``chosen`` against k negatives drawn at random from the filtered responses.
 
@@ -203,6 +218,7 @@ def build_self_contrast(rows: list[Row], cfg: BuildConfig) -> BuildResult:
 # --- SIMA: the model's own pick ----------------------------------------------------------------
 
 
+@BUILDERS.register("sima")
 def build_sima(rows: list[Row], cfg: BuildConfig) -> BuildResult:
     """The self-critic's pick is ``chosen`` (SIMA).
 
@@ -264,17 +280,37 @@ def selfee_chain(answer: str, feedbacks: list[str], revisions: list[str]) -> str
     return format_chain(answer, fixed, revisions)
 
 
-def selfee_threshold(cfg: BuildConfig) -> float | None:
+def selfee_threshold(cfg: BuildConfig, judges: dict[str, Any] | None = None) -> float | None:
     """The final-answer score a SelFee chain needs, in ``build.judge``'s units (None: no filter).
 
-    ``build.min_score`` when set, else the judge's pass mark (``rl.config.SELFEE_PASS_MARKS``); the
-    config refuses a judge with neither, and a threshold outside a known judge's scale.
+    ``build.min_score`` when set, else the pass mark the judge's class declares (``pass_mark``); the
+    judge's type is its settings' in ``judges`` (instance name -> settings), else ``build.judge`` itself.
+    ``ValueError`` (naming ``build.min_score``) for a judge with neither, and for a threshold outside
+    the judge's declared scale: it would keep every chain or none.
     """
     if cfg.judge is None:
         return None
-    return cfg.min_score if cfg.min_score is not None else SELFEE_PASS_MARKS[cfg.judge]
+    settings = (judges or {}).get(cfg.judge)
+    kind = settings.type if settings is not None else cfg.judge
+    cls = judge_class(kind) if settings is not None or kind in JUDGE_TYPES else None
+    threshold = cfg.min_score if cfg.min_score is not None else getattr(cls, "pass_mark", None)
+    if threshold is None:
+        known = ", ".join(
+            f"{name} {c.score_scale[0]:g}-{c.score_scale[1]:g}" for name, c in JUDGE_TYPES.items() if c.score_scale
+        )
+        raise ValueError(f"build.min_score: judge {cfg.judge!r} has no known score scale: set build.min_score in "
+                         f"its units (known: {known})")  # fmt: skip
+    low, high = getattr(cls, "score_scale", None) or (float("-inf"), float("inf"))
+    if not low < threshold <= high:
+        # at or below the scale's bottom keeps every chain; above its top keeps none
+        raise ValueError(
+            f"build.min_score: {threshold:g} is outside the {cfg.judge} judge's scale ({low:g}-{high:g}): "
+            "it would keep every chain or none"
+        )
+    return threshold
 
 
+@BUILDERS.register("selfee")
 def build_selfee(rows: list[Row], cfg: BuildConfig) -> BuildResult:
     """SFT examples of the whole answer -> feedback -> revision chain (SelFee, Ye et al. 2023).
 
@@ -282,7 +318,7 @@ def build_selfee(rows: list[Row], cfg: BuildConfig) -> BuildResult:
     revision, else the answer) is at least ``selfee_threshold`` (``build.min_score``, or the judge's
     pass mark). The paper keeps every teacher chain; the filter is for chains a weaker model wrote.
     """
-    threshold = selfee_threshold(cfg)
+    threshold = selfee_threshold(cfg) if cfg.min_score is None else cfg.min_score
     if cfg.judge is not None:
         _need(rows, cfg.judge, ("score1", "error"), "selfee")
     out = BuildResult("sft", [])
@@ -332,6 +368,7 @@ def _scored_response(row: Row, judge: str, which: str) -> tuple[str | None, floa
     return row.get("attempt1"), row.get(f"{judge}_score1"), "attempt1"
 
 
+@BUILDERS.register("best_vs_worst")
 def build_best_vs_worst(rows: list[Row], cfg: BuildConfig) -> BuildResult:
     """Per prompt, the best-scored response is ``chosen`` and the worst ``rejected``.
 
@@ -384,28 +421,7 @@ def build_best_vs_worst(rows: list[Row], cfg: BuildConfig) -> BuildResult:
     return out
 
 
-BUILDERS: dict[str, Builder] = {
-    "scl": build_scl,
-    "self_contrast": build_self_contrast,
-    "sima": build_sima,
-    "selfee": build_selfee,
-    "best_vs_worst": build_best_vs_worst,
-}
-
-
 def get_builder(name: str) -> Builder:
-    """A builder by registry name, or ``"package.module:Name"`` for a user's own callable."""
-    if name in BUILDERS:
-        return BUILDERS[name]
-    if ":" not in name:
-        raise ValueError(f"unknown builder {name!r}; known: {sorted(BUILDERS)} or 'package.module:Name'")
-    module_name, _, attr = name.partition(":")
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"builder {name!r} cannot be loaded: {e}") from None
-    if isinstance(obj, type):
-        obj = obj()
-    if not callable(obj):
-        raise TypeError(f"builder {name!r} is not callable")
-    return obj
+    """A builder by registry name, or ``"package.module:Name"`` for a user's own callable (a class is
+    instantiated)."""
+    return BUILDERS.get(name)

@@ -10,13 +10,6 @@ from pydantic import Field, field_validator, model_validator
 from datagen.config import PromptsConfig, Strict
 from judges.config import JudgesConfig
 
-# SelFee's judge filter: the pass mark of each known judge's final-answer score, in its own units, and
-# its scale. The verifier says 0 or 1 (keep the correct); the API judge scores 1-10 (keep 8 and up:
-# one below SelFee's revise-below-9 bar, which is the critic's own; a separate grader marks lower).
-# Other judges' scales are unknown here: build.min_score must be given for them.
-SELFEE_PASS_MARKS: dict[str, float] = {"verifier": 1.0, "openai": 8.0}
-JUDGE_SCALES: dict[str, tuple[float, float]] = {"verifier": (0.0, 1.0), "openai": (1.0, 10.0)}
-
 
 class BuildConfig(Strict):
     """Which training set to make from the judged rows, and how."""
@@ -33,7 +26,7 @@ class BuildConfig(Strict):
     min_score: float | None = Field(
         None,
         description="selfee: keep chains whose final answer the judge scores at least this, in the judge's own "
-        "units (default: its pass mark: verifier 1 of 0/1, openai 8 of 1-10; other judges must set it)",
+        "units (default: the pass mark its class declares: verifier 1 of 0/1, openai 8 of 1-10; others must set it)",
     )
     negatives: Literal[1, 2, 4, 8, 16] = Field(4, description="self_contrast: negatives k per prompt")
     drop_similar_fraction: float = Field(
@@ -58,24 +51,9 @@ class BuildConfig(Strict):
 
     @model_validator(mode="after")
     def _selfee_threshold(self) -> BuildConfig:
-        if self.builder != "selfee":
-            return self
-        if self.judge is None:
-            if self.min_score is not None:
-                raise ValueError("min_score needs build.judge: the judge whose score it is compared with")
-            return self
-        threshold = self.min_score if self.min_score is not None else SELFEE_PASS_MARKS.get(self.judge)
-        if threshold is None:
-            known = ", ".join(f"{k} {lo:g}-{hi:g}" for k, (lo, hi) in JUDGE_SCALES.items())
-            raise ValueError(f"judge {self.judge!r} has no known score scale: set build.min_score in its units "
-                             f"(known: {known})")  # fmt: skip
-        low, high = JUDGE_SCALES.get(self.judge, (float("-inf"), float("inf")))
-        if not low < threshold <= high:
-            # at or below the scale's bottom keeps every chain; above its top keeps none
-            raise ValueError(
-                f"min_score {threshold:g} is outside the {self.judge} judge's scale ({low:g}-{high:g}): "
-                "it would keep every chain or none"
-            )
+        # a threshold against the judge's scale is checked where the judges are known (rl.builders)
+        if self.builder == "selfee" and self.judge is None and self.min_score is not None:
+            raise ValueError("min_score needs build.judge: the judge whose score it is compared with")
         return self
 
 

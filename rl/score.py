@@ -49,8 +49,9 @@ from datagen.config import REVIEW_PROMPTS, GenerateConfig
 from datagen.metrics import record_rl, stage_tags
 from datagen.records import Prompt, judge_column
 from datagen.shards import STAGE_FILE, SUCCESS_FILE, StageDir, StageInputError, atomic_write_bytes, atomic_write_json
+from judges.base import score_scale
 from judges.config import JudgeSettings
-from rl.config import JUDGE_SCALES, TrainConfig
+from rl.config import TrainConfig
 from rl.score_math import (
     check_lag,
     kept_candidate,
@@ -455,7 +456,7 @@ def score_loop(c: dict[str, Any]) -> None:
             if s.overlap and step + 1 < total:
                 submit(step + 1)  # sampled during this update: one version behind when trained
             judge_started = time.perf_counter()
-            flags = judge_episodes(got["episodes"], by_id, judge, s.judge, JUDGE_SCALES.get(c["judge_type"]), gen,
+            flags = judge_episodes(got["episodes"], by_id, judge, s.judge, score_scale(c["judge_type"]), gen,
                                    c["model_name"], t.seed, review)  # fmt: skip
             payload = [{"episodes": got["episodes"], "lag": lag, "flags": flags, "rollout": {
                 "seconds": got["seconds"], "tokens": got["tokens"], "redone": got["redone"],

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["datagen.records", "judges", "rl.report", "rl.report_plots"])
+@pytest.mark.parametrize("module", ["datagen.records", "datagen.registry", "judges", "rl.report", "rl.report_plots"])
 def test_imports_without_ray_or_vllm(module):
     code = (
         f"import sys, {module}\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from rl_rows import judged_row as row
@@ -190,36 +191,27 @@ def test_selfee_filters_on_the_judges_own_scale():
         ({"judge": "verifier", "min_score": 8}, "outside the verifier judge's scale"),
         ({"judge": "openai", "min_score": 0.5}, "outside the openai judge's scale"),
         ({"judge": "openai", "min_score": 1}, "keep every chain or none"),
+        ({"judge": "gpt", "min_score": 11}, "outside the gpt judge's scale (1-10)"),  # the scale follows the type
         ({"judge": "reward_model"}, "no known score scale"),
         ({"min_score": 5}, "needs build.judge"),
     ],
 )
 def test_selfee_thresholds_that_would_filter_all_or_nothing_are_refused(settings, message):
-    with pytest.raises(ValueError, match=message):
-        BuildConfig(builder="selfee", **settings)
-    BuildConfig(builder="selfee", judge="reward_model", min_score=0.2)  # any scale, when stated
+    from cluster.config import ConfigError, load_config
+
+    judges = ["judges.verifier={}", "judges.openai={}", "judges.gpt.type=openai", "judges.reward_model.model=x"]
+    overrides = [*judges, "build.builder=selfee", *(f"build.{k}={v}" for k, v in settings.items())]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+    load_config(None, [*judges, "build.builder=selfee", "build.judge=reward_model", "build.min_score=0.2"])
 
 
-def test_best_vs_worst_ties_errors_and_margin():
-    rows = [
-        row("a", 0, attempt1="mid", reward_model_score1=0.5),
-        row("a", 1, attempt1="top", reward_model_score1=2.0),
-        row("a", 2, attempt1="top too", reward_model_score1=2.0),
-        row("a", 3, attempt1="low", reward_model_score1=-1.0),
-        row("a", 4, attempt1="err", reward_model_error="http 500"),
-        row("b", 0, attempt1="same", reward_model_score1=1.0),
-        row("b", 1, attempt1="same2", reward_model_score1=1.0),
-        row("c", 0, attempt1="alone", reward_model_score1=1.0),
-        row("d", 0, attempt1="one", attempt2="two", reward_model_score1=5.0, reward_model_score2=1.0),
-        row("d", 1, attempt1="three", attempt2="four", reward_model_score1=0.0, reward_model_score2=3.0),
-    ]
-    out = get_builder("best_vs_worst")(rows, BuildConfig(builder="best_vs_worst"))
-    pairs = {e["prompt_id"]: (e["chosen"][0]["content"], e["rejected"][0]["content"]) for e in out.examples}
-    assert pairs == {"a": ("top", "low"), "d": ("four", "two")}
-    assert out.dropped == {"judge_error": 1, "all_tied": 2, "too_few_scored": 1, "not_extreme": 2}
-    assert out.notes == {"best_tie_broken": 1}
-    narrow = get_builder("best_vs_worst")(rows, BuildConfig(builder="best_vs_worst", min_margin=2.5))
-    assert [e["prompt_id"] for e in narrow.examples] == ["a"]
+def test_a_judge_named_otherwise_keeps_the_pass_mark_of_its_type():
+    from cluster.config import load_config
+    from rl.builders import selfee_threshold
+
+    cfg = load_config(None, ["judges.gpt.type=openai", "build.builder=selfee", "build.judge=gpt"])
+    assert selfee_threshold(cfg.build, cfg.judges) == 8.0
 
 
 def _plugin(rows, cfg):
@@ -230,7 +222,7 @@ def test_registry_and_plugins():
     assert get_builder(f"{__name__}:_plugin") is _plugin
     with pytest.raises(ValueError, match="unknown builder"):
         get_builder("nope")
-    with pytest.raises(ValueError, match="cannot be loaded"):
+    with pytest.raises(ValueError, match="cannot import"):
         get_builder("no_such_module_x:thing")
 
 
