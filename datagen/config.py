@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The two self-correction instructions of the papers this project reproduces.
 REVIEW_PROMPTS = {
@@ -157,10 +157,11 @@ TEACHER_PLACEMENT = {
 
 
 class GenerateConfig(Strict):
-    mode: Literal["two_attempt", "selfee", "sima", "single"] = Field(
+    mode: str = Field(
         "two_attempt",
         description="two_attempt: attempt 1, review prompt, attempt 2 (SCL, SCoRe); selfee: answer, "
-        "feedback, revision chains; sima: one greedy plus sampled responses; single: n samples",
+        "feedback, revision chains; sima: one greedy plus sampled responses; single: n samples; or "
+        "'package.module:Name' for your own (datagen.turns.MODES)",
     )
     n: int = Field(4, ge=1, description="samples per prompt")
     max_tokens: int = Field(256, ge=1, description="new tokens per turn")
@@ -183,6 +184,14 @@ class GenerateConfig(Strict):
     )
     shard_size: int = Field(32, ge=1, description="prompts per output shard (the unit of resume)")
     engine: EngineConfig = EngineConfig()
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, mode: str) -> str:
+        from datagen.turns import MODES  # the modes import this module
+
+        MODES.get(mode)  # ValueError naming the known ones
+        return mode
 
     @model_validator(mode="after")
     def _check(self) -> GenerateConfig:

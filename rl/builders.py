@@ -23,8 +23,8 @@ import pyarrow as pa
 
 from datagen.records import MESSAGES, judge_column
 from datagen.registry import Registry
+from datagen.selfee import selfee_chain
 from datagen.shards import StageInputError
-from datagen.turns import NEEDED, NOT_NEEDED, enforce_revision, format_chain, has_verdict, needs_revision
 from judges.base import REGISTRY as JUDGE_TYPES
 from judges.base import load as judge_class
 from rl.config import BuildConfig
@@ -257,28 +257,6 @@ def build_sima(rows: list[Row], cfg: BuildConfig) -> BuildResult:
 
 
 # --- SelFee: answer, feedback, revision chains ---------------------------------------------------
-
-def selfee_chain(answer: str, feedbacks: list[str], revisions: list[str]) -> str:
-    """One SelFee completion in the paper's format, each feedback's verdict agreeing with the chain.
-
-        {answer}\n\n### Feedback 1:\n{feedback}\n\n### Revision 1:\n{revision}\n\n### Feedback 2:\n...
-
-    A feedback followed by a revision must ask for it: a "no revision is needed" verdict there is
-    rewritten as revision-enforce mode writes it ("Revision is needed."), and a feedback with no
-    verdict at all gets one appended — "needed" when a revision follows or its score is below 9,
-    else "Revision is not needed." — so a trained model learns where a chain goes on and stops.
-    """
-    fixed = []
-    for i, feedback in enumerate(feedbacks):
-        text = feedback.strip()
-        revised = i < len(revisions)
-        if revised and not needs_revision(text):
-            text = enforce_revision(text)
-        elif not has_verdict(text):
-            text = f"{text} {NEEDED if revised or needs_revision(text) else NOT_NEEDED}".strip()
-        fixed.append(text)
-    return format_chain(answer, fixed, revisions)
-
 
 def selfee_threshold(cfg: BuildConfig, judges: dict[str, Any] | None = None) -> float | None:
     """The final-answer score a SelFee chain needs, in ``build.judge``'s units (None: no filter).

@@ -42,9 +42,9 @@ from datagen.metrics import stage_tags
 from datagen.models import ModelNotFoundError, resolve_model
 from datagen.prompts import load_prompts
 from datagen.records import SAMPLE_SCHEMA, judge_column
+from datagen.selfee import answer_after_revisions
 from datagen.shards import STAGE_FILE, StageDir, StageInputError, atomic_write_json, shard_name
 from datagen.storage import Location
-from datagen.turns import answer_after_revisions
 from judges.config import JudgeSettings
 from rl import metrics
 from rl.config import BUILTIN_LABELS, EvalConfig

@@ -12,17 +12,16 @@ import pytest
 
 from datagen.config import GenerateConfig
 from datagen.records import Prompt
-from datagen.turns import (
-    Completion,
+from datagen.selfee import (
     answer_after_revisions,
     enforce_revision,
     feedback_score,
     format_chain,
-    generate_rows,
     has_verdict,
     needs_revision,
     parse_chain,
 )
+from datagen.turns import Completion, generate_rows
 
 PROMPTS = [Prompt("p0", [{"role": "user", "content": "Q0"}]), Prompt("p1", [{"role": "user", "content": "Q1"}])]
 

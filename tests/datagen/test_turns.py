@@ -5,12 +5,8 @@ is "requests in, completions out", and a scripted completer is the only way to m
 
 from datagen.config import GenerateConfig
 from datagen.records import Prompt
-from datagen.turns import (
-    REVISION_PROMPT,
-    Completion,
-    derive_seed,
-    generate_rows,
-)
+from datagen.selfee import REVISION_PROMPT
+from datagen.turns import Completion, derive_seed, generate_rows
 
 
 def is_feedback_request(text: str) -> bool:

@@ -9,8 +9,8 @@ import pytest
 from rl_rows import judged_row as row
 from rl_rows import write_judged
 
+from datagen.selfee import parse_chain
 from datagen.shards import StageDir, StageMismatchError
-from datagen.turns import parse_chain
 from rl.build import run_build
 from rl.builders import BuildResult, get_builder, selfee_chain
 from rl.config import BuildConfig
