@@ -201,40 +201,22 @@ def _train_prepare(cfg: Config) -> Any:
 
 
 def _score_prepare(cfg: Config, model_path: str) -> Any:
-    from datagen.generate import check_lengths
     from datagen.prompts import load_prompts
-    from rl.score import check_score, score_fingerprint
+    from rl.score import plan_score
 
-    score = cfg.train.score
-    check_score(cfg.train, cfg.judges, model_path, cfg.generate)
-    prompts = load_prompts(cfg.prompts)
-    generate = cfg.generate.model_copy(update={"max_tokens": score.max_tokens or cfg.generate.max_tokens})
-    check_lengths(prompts, model_path, generate)
-    judge = cfg.judges[score.judge]
-    if judge.type == "openai" and judge.cache_dir is None:
-        # on local disk when the run is on object storage: one small file per request
-        cache = local_cache(as_location(cfg.run_dir), "judge_cache") / f"score_{score.judge}"
-        judge = judge.model_copy(update={"cache_dir": str(cache)})
-    fingerprint = score_fingerprint(cfg.train, model_path, prompts, score.judge, judge, generate)
-    return _Plan(fingerprint, model_path, settings={"prompts": prompts, "generate": generate, "judge": judge})
+    # an API judge caches on local disk when the run is on object storage: one small file per request
+    cache = local_cache(as_location(cfg.run_dir), "judge_cache") / f"score_{cfg.train.score.judge}"
+    return plan_score(
+        cfg.train, cfg.judges, cfg.model, model_path, load_prompts(cfg.prompts), cfg.generate, cfg.seed, cache
+    )
 
 
 def _train_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
     if cfg.train.algorithm == "score":
         from rl.score import run_score
 
-        return run_score(
-            cfg.train,
-            plan.model_path,
-            cfg.model,
-            plan.settings["prompts"],
-            plan.settings["generate"],
-            cfg.train.score.judge,
-            plan.settings["judge"],
-            cfg.stage_dir("train"),  # on object storage too: run_score keeps a local mirror itself
-            overwrite,
-            seed=cfg.seed,
-        )
+        # on object storage too: run_score keeps a local mirror itself
+        return run_score(cfg.train, plan, cfg.stage_dir("train"), overwrite)
     from rl.train import run_train
 
     build_dir = StageDir(cfg.stage_dir("build"))

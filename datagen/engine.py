@@ -92,7 +92,9 @@ class VLLMEngine:
         )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def complete(self, requests: list[Request]) -> list[list[Completion]]:
+    def complete(self, requests: list[Request], lora_request: Any = None) -> list[list[Completion]]:
+        """Each request's ``n`` completions (a request with no room left in the context: ``context``, not
+        sent); the one place where a ``Request`` becomes vLLM's ``SamplingParams``."""
         from vllm import SamplingParams
 
         results: list[list[Completion] | None] = [None] * len(requests)
@@ -101,7 +103,7 @@ class VLLMEngine:
             ids = self.encode(req.conversation, req.continue_final)
             room = self.max_model_len - len(ids)
             if room < 1:
-                results[i] = [Completion("", 0, "context")] * req.n
+                results[i] = [Completion("", 0, "context", prompt_ids=tuple(ids))] * req.n
                 continue
             prompts.append({"prompt_token_ids": ids})
             params.append(
@@ -113,18 +115,22 @@ class VLLMEngine:
                     max_tokens=min(self.max_tokens, room),
                     seed=req.seed,
                     stop=list(req.stop) or None,
+                    logprobs=0 if req.logprobs else None,  # 0: the sampled token's own
                 )
             )
             slots.append(i)
         if prompts:
-            outputs = self.generate(prompts, params)
-            for slot, out in zip(slots, outputs, strict=True):
+            outputs = self.generate(prompts, params, lora_request)
+            for slot, prompt, out in zip(slots, prompts, outputs, strict=True):
                 results[slot] = [
                     Completion(
                         c.text,
                         len(c.token_ids),
                         str(c.finish_reason),
                         c.stop_reason if isinstance(c.stop_reason, str) else None,
+                        prompt_ids=tuple(prompt["prompt_token_ids"]),
+                        token_ids=tuple(c.token_ids),
+                        logprobs=_sampled_logprobs(c) if requests[slot].logprobs else (),
                     )
                     for c in out.outputs
                 ]
@@ -169,6 +175,15 @@ class VLLMEngine:
             os._exit(1)
         finally:
             self.seconds += time.perf_counter() - started
+
+
+def _sampled_logprobs(completion: Any) -> tuple[float, ...]:
+    """The engine's log-probability of each sampled token (``logprobs=0`` returns the sampled one's)."""
+    out = []
+    for tok, entry in zip(completion.token_ids, completion.logprobs or [], strict=False):
+        lp = entry.get(tok)
+        out.append(float(lp.logprob) if lp is not None else float("nan"))
+    return tuple(out)
 
 
 class GenerationWorker:

@@ -46,7 +46,7 @@ def write_step_metrics(log_history: list[dict[str, Any]], path: Path) -> int:
 
 
 @contextlib.contextmanager
-def _step_bar(progress_file: Path) -> Iterator[None]:
+def step_bar(progress_file: Path) -> Iterator[None]:
     """A driver-side bar over optimizer steps, following the ``_progress.json`` rank 0 writes."""
     from datagen import progress
 

@@ -33,7 +33,8 @@ from typing import Any
 
 from datagen.config import EngineConfig, GenerateConfig
 from datagen.records import Prompt
-from datagen.turns import base_conversation, derive_seed
+from datagen.turns import two_attempts
+from rl.episodes import Episode, EpisodeBatch, RolloutStats
 
 EXTENSION = "rl.rollout.WeightReceiver"
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -62,6 +63,7 @@ class RolloutWorker:
         max_tokens: int,
         sync: str,
         lora_rank: int | None = None,
+        model_name: str = "",
     ):
         from datagen.engine import VLLMEngine
 
@@ -69,6 +71,7 @@ class RolloutWorker:
         self.gen = GenerateConfig.model_validate(generate)
         self.seed = seed
         self.sync = sync
+        self.model_name = model_name  # as the config names it: the sample rows' ``model``
         extra: dict[str, Any] = {"worker_extension_cls": EXTENSION}
         if sync == "adapter":
             rank = next((r for r in VLLM_LORA_RANKS if r >= (lora_rank or 8)), VLLM_LORA_RANKS[-1])
@@ -141,93 +144,30 @@ class RolloutWorker:
     def rollout(
         self, prompts: list[dict[str, Any]], step: int, version: int, n: int, temperature: float, review: str
     ) -> dict[str, Any]:
-        """The episodes of ``prompts``, or ``{"stale": v}`` when this engine does not hold ``version``."""
-        from vllm import SamplingParams
+        """The episodes of ``prompts``, or ``{"stale": v}`` when this engine does not hold ``version``.
 
+        The generate stage's two-attempt turns (``datagen.turns.two_attempts``) with SCoRe's batch settings,
+        seeded per step, with the engine's token ids and log-probabilities.
+        """
         if version != self.version:
             return {"stale": self.version}
         started = time.perf_counter()
-        engine = self.engine
-        ps = [Prompt.from_row(p) for p in prompts]
-
-        def params(count: int, seed: int, room: int) -> Any:
-            return SamplingParams(
-                n=count,
-                temperature=temperature,
-                top_p=self.gen.top_p if temperature > 0 else 1.0,
-                top_k=self.gen.top_k if temperature > 0 else -1,
-                max_tokens=max(1, min(self.max_tokens, room)),
-                seed=seed,
-                logprobs=0,
-            )
-
-        convs = [base_conversation(p, self.gen) for p in ps]
-        x1 = [engine.encode(c) for c in convs]
-        outs1 = engine.generate(
-            [{"prompt_token_ids": ids} for ids in x1],
-            [
-                params(n, derive_seed(self.seed, p.prompt_id, f"score-a1-{step}"), engine.max_model_len - len(ids))
-                for p, ids in zip(ps, x1, strict=True)
-            ],
-            self.lora,
-        )
-        episodes: list[dict[str, Any]] = []
-        for p, conv, ids, out in zip(ps, convs, x1, outs1, strict=True):
-            for idx, c in enumerate(out.outputs):
-                conv2 = [*conv, {"role": "assistant", "content": c.text}, {"role": "user", "content": review}]
-                episodes.append(
-                    {
-                        "prompt_id": p.prompt_id,
-                        "sample_idx": idx,
-                        "x1_ids": ids,
-                        "y1_ids": list(c.token_ids),
-                        "y1_text": c.text,
-                        "y1_finish": str(c.finish_reason),
-                        "y1_logp": _sampled_logprobs(c),
-                        "x2_ids": engine.encode(conv2),
-                        "conversation2": conv2,
-                    }
-                )
-        fits = [e for e in episodes if len(e["x2_ids"]) < engine.max_model_len]
-        outs2 = engine.generate(
-            [{"prompt_token_ids": e["x2_ids"]} for e in fits],
-            [
-                params(
-                    1,
-                    derive_seed(self.seed, e["prompt_id"], f"score-a2-{step}", e["sample_idx"]),
-                    engine.max_model_len - len(e["x2_ids"]),
-                )
-                for e in fits
-            ],
-            self.lora,
-        )
-        for e, out in zip(fits, outs2, strict=True):
-            c = out.outputs[0]
-            e.update(
-                y2_ids=list(c.token_ids), y2_text=c.text, y2_finish=str(c.finish_reason), y2_logp=_sampled_logprobs(c)
-            )
-        for e in episodes:
-            if "y2_ids" not in e:  # no room left in the context: flagged by the trainer, never trained on
-                e.update(y2_ids=[], y2_text="", y2_finish="context", y2_logp=[])
-            del e["conversation2"]
-            e["version"] = version
-        tokens = sum(len(e["y1_ids"]) + len(e["y2_ids"]) for e in episodes)
+        cfg = self.gen.model_copy(
+            update={"mode": "two_attempt", "n": n, "temperature": temperature, "second_temperature": None,
+                    "review_prompt": review, "max_tokens": self.max_tokens}
+        )  # fmt: skip
+        turns = two_attempts(
+            [Prompt.from_row(p) for p in prompts], cfg, lambda requests: self.engine.complete(requests, self.lora),
+            model=self.model_name, seed=self.seed, tag=f"score-{{turn}}-{step}", logprobs=True,
+        )  # fmt: skip
+        episodes = [Episode.from_turns(t, version) for t in turns]
         return {
             "episodes": episodes,
             "version": version,
-            "tokens": tokens,
+            "tokens": sum(len(e.first.tokens) + len(e.second.tokens) for e in episodes),
             "seconds": time.perf_counter() - started,
             "pid": os.getpid(),
         }
-
-
-def _sampled_logprobs(completion: Any) -> list[float]:
-    """The engine's log-probability of each sampled token (logprobs=0 returns the sampled one)."""
-    out = []
-    for tok, entry in zip(completion.token_ids, completion.logprobs or [], strict=False):
-        lp = entry.get(tok)
-        out.append(float(lp.logprob) if lp is not None else float("nan"))
-    return out
 
 
 def _node_ip() -> str:
@@ -392,7 +332,7 @@ class RolloutClient:
         ]
         self.pending[step] = (refs, version, chunks, args)
 
-    def collect(self, step: int, model: Any, version_now: int) -> dict[str, Any]:
+    def collect(self, step: int, model: Any, version_now: int) -> EpisodeBatch:
         """The batch of ``step``, every actor's part; a restarted or stale engine is synced and its part redone.
 
         ``model``/``version_now`` are the trainer's current weights, sent to an engine that lost them.
@@ -400,8 +340,8 @@ class RolloutClient:
         import ray
 
         refs, version, chunks, args = self.pending.pop(step)
-        episodes: list[dict[str, Any]] = []
-        tokens, seconds, redone = 0, 0.0, 0
+        episodes: list[Episode] = []
+        stats = RolloutStats()
         for i, (actor, chunk) in enumerate(zip(self.actors, chunks, strict=True)):
             ref = refs[i]
             while ref is not None:
@@ -409,7 +349,7 @@ class RolloutClient:
                     out = ray.get(ref, timeout=self.timeout_s)
                 except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
                     # the engine (or its actor) died mid-batch: Ray restarts it at version 0
-                    redone += 1
+                    stats.redone += 1
                     self._lost(actor, e)
                     out = {"stale": 0}
                 if "stale" in out:
@@ -422,10 +362,10 @@ class RolloutClient:
                     ref = actor.rollout.remote(chunk, **args)
                     continue
                 episodes.extend(out["episodes"])
-                tokens += out["tokens"]
-                seconds = max(seconds, out["seconds"])
+                stats.tokens += out["tokens"]
+                stats.seconds = max(stats.seconds, out["seconds"])
                 ref = None
-        return {"episodes": episodes, "version": version, "tokens": tokens, "seconds": seconds, "redone": redone}
+        return EpisodeBatch(episodes, version=version, rollout=stats)
 
     def _wait_ready(self, actor: Any) -> None:
         import ray

@@ -46,11 +46,11 @@ from rl.raytrain import (  # noqa: F401
     METRICS_FILE,
     PROGRESS_FILE,
     RUN_NAME,
-    _step_bar,
     _storage_args,
     append_line,
     make_trainer,
     publish_final,
+    step_bar,
     write_step_metrics,
 )
 from rl.sampler import GroupedWindowSampler  # noqa: F401
@@ -185,7 +185,7 @@ def run_train(
     }
     trainer = make_trainer(train_loop, loop_cfg, cfg, checkpoints if checkpoints is not None else out.path)
     start = time.perf_counter()
-    with _step_bar(out.path / PROGRESS_FILE):
+    with step_bar(out.path / PROGRESS_FILE):
         result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError("training ended without a final checkpoint")

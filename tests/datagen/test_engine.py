@@ -103,3 +103,21 @@ def test_selfee_chain_format_with_the_real_engine(worker):
         reply = r["conversation"][-1]
         assert reply["role"] == "assistant" and r["attempt1"] == reply["content"].strip()
         assert r["generated_tokens"] > 0 and r["revisions"] == [] and r["attempt2"] is None
+
+
+def test_two_attempts_carry_what_a_trainer_needs(worker):
+    """The turns SCoRe's rollouts take (``two_attempts``, as the generate stage's two_attempt rows): token ids
+    that decode to the text, prompt ids that are the conversation as encoded, one log-prob per token."""
+    from datagen.turns import two_attempts
+
+    cfg = GenerateConfig(n=2, max_tokens=8, temperature=1.0)
+    turns = two_attempts(PROMPTS, cfg, worker.complete, model="tiny", seed=5, logprobs=True)
+    rows = generate_rows(PROMPTS, cfg, worker.complete, model="tiny", seed=5)
+    assert [t.row for t in turns] == rows  # the same rows the generate stage writes
+    tok = worker.tokenizer
+    for t in turns:
+        for c, conv in ((t.first, t.row["conversation"][:-3]), (t.second, t.row["conversation"][:-1])):
+            assert tok.decode(c.token_ids, skip_special_tokens=True) == c.text
+            assert list(c.prompt_ids) == worker.policy.encode(conv)
+            assert len(c.logprobs) == len(c.token_ids) and all(lp <= 0 for lp in c.logprobs)
+    assert all(c.logprobs == () for c in worker.complete([Request(rows[0]["conversation"][:1], 1, 1.0, 1)])[0])

@@ -24,7 +24,8 @@ import torch
 import yaml
 
 from rl.config import TrainConfig
-from rl.score import train_step
+from rl.episodes import Attempt, Episode
+from rl.score_step import Policy, train_step
 
 ROOT = Path(__file__).parents[2]
 
@@ -159,17 +160,14 @@ def test_score_adapter_sync_serves_the_trainers_lora(tmp_path, tiny_model_dir):
     assert 0 < log[0]["sync_bytes"] < 200_000
 
 
-def _episodes(tokenizer_len: int, count: int = 4) -> list[dict]:
+def _episodes(tokenizer_len: int, count: int = 4) -> list[Episode]:
     g = torch.Generator().manual_seed(0)
     out = []
     for i in range(count):
         ids = lambda n: torch.randint(5, tokenizer_len, (n,), generator=g).tolist()  # noqa: E731
-        out.append(
-            {
-                "prompt_id": f"p{i // 2}", "x1_ids": ids(6), "y1_ids": ids(5), "x2_ids": ids(14), "y2_ids": ids(4),
-                "reward1": float(i % 2), "reward2": float((i + 1) % 2), "flagged": "",
-            }
-        )  # fmt: skip
+        first = Attempt(ids(6), ids(5), [], "", "stop", reward=float(i % 2))
+        second = Attempt(ids(14), ids(4), [], "", "stop", reward=float((i + 1) % 2))
+        out.append(Episode(f"p{i // 2}", i % 2, 0, first, second))
     return out
 
 
@@ -189,7 +187,7 @@ def _lora_model(path: Path):
 def _step(model, episodes, stage, lr, **score):
     t = TrainConfig(algorithm="score", score={"stage1_steps": 1, **score})
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    return train_step(model, None, opt, episodes, stage, t, 0, 1, 0, torch.device("cpu"))
+    return train_step(Policy(model, None, 0, torch.device("cpu")), opt, episodes, stage, t).as_dict()
 
 
 def test_lr_zero_leaves_the_policy_where_it_is(tiny_model_dir):
@@ -206,7 +204,7 @@ def test_a_large_beta_pulls_the_first_attempt_back_to_the_reference(tiny_model_d
     model = _lora_model(tiny_model_dir)
     eps = _episodes(model.config.vocab_size)
     for e in eps:
-        e["reward1"] = e["reward2"] = 1.0  # no policy-gradient signal at all
+        e.first.reward = e.second.reward = 1.0  # no policy-gradient signal at all
     kls = [_step(model, eps, 1, 0.05, beta2=10.0)["kl_t1"] for _ in range(4)]
     assert kls[-1] < kls[0] * 0.8, kls
 
@@ -215,32 +213,11 @@ def test_flagged_episodes_are_left_out(tiny_model_dir):
     model = _lora_model(tiny_model_dir)
     eps = _episodes(model.config.vocab_size)
     for e in eps:
-        e["flagged"] = "bad_score"
+        e.flagged = "bad_score"
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     numbers = _step(model, eps, 2, 0.1)
     assert numbers["grad_norm"] == 0.0
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
-
-
-def test_completion_logprobs_equal_the_full_forward(tiny_model_dir):
-    """The LM head applied only where completion tokens are predicted gives the full forward's numbers."""
-    from transformers import AutoModelForCausalLM
-
-    from rl.score import _token_logprobs
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    seqs = [([5, 6, 7], [8, 9]), ([10, 11], [12, 13, 14, 15])]
-    logp, mask, ent = _token_logprobs(model, seqs, 0, torch.device("cpu"), True)
-    for i, (x, y) in enumerate(seqs):
-        with torch.no_grad():
-            full = torch.log_softmax(model(input_ids=torch.tensor([x + y])).logits[0, :-1], -1)
-        want = [full[len(x) - 1 + k, tok].item() for k, tok in enumerate(y)]
-        got = logp[i][mask[i] > 0].tolist()
-        assert got == pytest.approx(want, abs=1e-5)
-        assert all(e > 0 for e in ent[i][mask[i] > 0].tolist())
-    assert mask.sum().item() == 6
-    logp.sum().backward()  # differentiable through the scatter
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 def test_gradient_checkpointing_still_moves_the_lora_weights(tiny_model_dir):

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from rl.config import TrainConfig
-from rl.score import train_step
+from rl.episodes import Attempt, Episode
+from rl.score_step import Policy, train_step
 
 # settings, stage -> what the step reported, and the trainable weights' sum and sum of squares after it
 PINNED = {
@@ -63,25 +64,23 @@ def _policy(path):
     return model
 
 
-def _episodes(vocab: int) -> list[dict]:
+def _episodes(vocab: int) -> list[Episode]:
     """Six episodes of two prompts, attempts of different lengths (one attempt 2 of a single token)."""
     g = torch.Generator().manual_seed(0)
     out = []
     for i in range(6):
         ids = lambda n: torch.randint(5, vocab, (n,), generator=g).tolist()  # noqa: E731
-        out.append(
-            {
-                "prompt_id": f"p{i // 3}", "x1_ids": ids(6 + i), "y1_ids": ids(3 + 2 * i), "x2_ids": ids(14 + i),
-                "y2_ids": ids(7 - i), "reward1": float(i % 2), "reward2": float(i in (0, 1, 4)), "flagged": "",
-            }
-        )  # fmt: skip
+        x1, y1, x2, y2 = ids(6 + i), ids(3 + 2 * i), ids(14 + i), ids(7 - i)
+        first = Attempt(x1, y1, [], "", "stop", reward=float(i % 2))
+        second = Attempt(x2, y2, [], "", "stop", reward=float(i in (0, 1, 4)))
+        out.append(Episode(f"p{i // 3}", i % 3, 0, first, second))
     return out
 
 
-def _run(model, episodes: list[dict], stage: int, score: dict) -> dict[str, float]:
+def _run(model, episodes: list[Episode], stage: int, score: dict) -> dict[str, float]:
     t = TrainConfig(algorithm="score", lr=0.01, score={"stage1_steps": 1, **score})
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr, weight_decay=0.0)
-    return dict(train_step(model, None, opt, episodes, stage, t, 0, 1, 0, torch.device("cpu")))
+    return train_step(Policy(model, None, 0, torch.device("cpu")), opt, episodes, stage, t).as_dict()
 
 
 @pytest.mark.parametrize("case", sorted(PINNED))

@@ -1,0 +1,214 @@
+"""One SCoRe update, in named phases: shaping -> the KL in the reward (when ``kl_in: reward``) ->
+advantages -> each micro-batch's log-probs, KL and loss, backward -> the optimizer step.
+
+Every worker holds the whole batch and takes every ``world``-th episode; gradients and the step's sums are
+added up over the workers before the one optimizer step, so W workers train exactly as one would. The
+maths is ``rl.score_math``'s; the log-probabilities ``rl.logprobs``'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from statistics import fmean
+from typing import Any
+
+import torch
+
+from rl.config import ScoreConfig, TrainConfig
+from rl.episodes import Episode
+from rl.logprobs import Sequence, token_logprobs
+from rl.score_math import kl_estimate, kl_penalty, policy_loss, rloo_advantages, shaped_rewards
+
+
+@dataclass
+class Policy:
+    """The trained model and pi_ref: LoRA's base (the adapter disabled) when ``ref`` is None, else the
+    frozen copy ``ref``; ``pad_id`` pads a micro-batch."""
+
+    model: Any
+    ref: Any
+    pad_id: int
+    device: Any
+
+    def logprobs(self, seqs: list[Sequence], entropy: bool = False):
+        return token_logprobs(self.model, seqs, self.pad_id, self.device, entropy)
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[Any]:
+        if self.ref is not None:
+            yield self.ref
+            return
+        with self.model.disable_adapter():
+            yield self.model
+
+    def ref_logprobs(self, seqs: list[Sequence]) -> torch.Tensor:
+        with torch.no_grad(), self.reference() as ref:
+            return token_logprobs(ref, seqs, self.pad_id, self.device, False)[0]
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+@dataclass(frozen=True)
+class Workers:
+    """This worker's place among the Ray Train workers, and the sums over all of them."""
+
+    rank: int = 0
+    world: int = 1
+
+    def share(self, count: int) -> list[int]:
+        return list(range(self.rank, count, self.world))
+
+    def sum(self, values: torch.Tensor, device: Any) -> torch.Tensor:
+        if self.world == 1:
+            return values
+        import torch.distributed as dist
+
+        out = values.to(device)
+        dist.all_reduce(out)
+        return out.cpu()
+
+    def sum_grads(self, params: list[torch.nn.Parameter]) -> None:
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+
+
+@dataclass
+class StepStats:
+    """What one update reports: per attempt t1/t2 the mean KL estimate and entropy per token, and the mean
+    shaped reward; the summed policy-gradient loss; the gradient norm before clipping; with ``kl_in: reward``
+    the mean per-sequence KL penalty (before beta)."""
+
+    pg_loss: float
+    kl_t1: float
+    kl_t2: float
+    entropy_t1: float
+    entropy_t2: float
+    grad_norm: float
+    shaped_t1: float
+    shaped_t2: float
+    kl_penalty_t1: float | None = None
+    kl_penalty_t2: float | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def betas(s: ScoreConfig, stage: int) -> dict[int, float]:
+    """The KL weight of each attempt: stage I holds attempt 1 with beta2, everything else beta1."""
+    return {1: s.beta2 if stage == 1 else s.beta1, 2: s.beta1}
+
+
+def shape(episodes: list[Episode], stage: int, s: ScoreConfig) -> dict[int, list[float]]:
+    """Phase 1: each attempt's reward for the policy gradient (``score_math.shaped_rewards``)."""
+    seeds = (s.seed_values.improved, s.seed_values.partial, s.seed_values.unchanged)
+    r1, r2 = shaped_rewards(
+        [e.first.reward for e in episodes], [e.second.reward for e in episodes], stage, s.alpha, s.shaping, seeds
+    )  # type: ignore[arg-type]
+    return {1: r1, 2: r2}
+
+
+def kl_in_reward(
+    policy: Policy, seqs: dict[int, list[Sequence]], s: ScoreConfig, workers: Workers
+) -> dict[int, list[float]]:
+    """Phase 2 (``kl_in: reward``): each sequence's KL penalty sum_t (logp - ref_logp), before beta."""
+    penalties = {}
+    for j in (1, 2):
+        pen = [0.0] * len(seqs[j])
+        with torch.no_grad():
+            for idx in _chunks(workers.share(len(seqs[j])), s.micro_batch):
+                part = [seqs[j][i] for i in idx]
+                logp, mask, _ = policy.logprobs(part)
+                ref_logp = policy.ref_logprobs(part)
+                for i, v in zip(idx, kl_penalty(logp, ref_logp, mask).tolist(), strict=True):
+                    pen[i] = v
+        if workers.world > 1:
+            pen = workers.sum(torch.tensor(pen), policy.device).tolist()
+        penalties[j] = pen
+    return penalties
+
+
+def backward(
+    policy: Policy, seqs: dict[int, list[Sequence]], advantages: dict[int, list[float]], beta: dict[int, float],
+    s: ScoreConfig, workers: Workers,
+) -> torch.Tensor:  # fmt: skip
+    """Phase 4: each micro-batch's log-probs, KL and loss, backward; returns this worker's sums, float64:
+    per attempt (policy-gradient loss, KL estimate, entropy, tokens)."""
+    sums = torch.zeros(8, dtype=torch.float64)  # pg1, kl1, ent1, tok1, pg2, kl2, ent2, tok2
+    episodes = len(seqs[1])
+    for j in (1, 2):
+        tokens = sum(len(y) for _, y in seqs[j])
+        denom = float(max(1, tokens if s.loss_agg == "token_mean" else episodes))
+        for idx in _chunks(workers.share(episodes), s.micro_batch):
+            part = [seqs[j][i] for i in idx]
+            if not any(y for _, y in part):
+                continue
+            logp, mask, ent = policy.logprobs(part, entropy=True)
+            ref_logp = policy.ref_logprobs(part)
+            adv = torch.tensor([advantages[j][i] for i in idx], dtype=torch.float32, device=policy.device)
+            loss, pg, _ = policy_loss(
+                logp, ref_logp, mask, adv, beta[j], estimator=s.kl_estimator, kl_in_loss=s.kl_in == "loss",
+                agg=s.loss_agg, denominator=denom,
+            )  # fmt: skip
+            loss.backward()
+            with torch.no_grad():
+                k = 4 * (j - 1)
+                sums[k] += float(pg)
+                sums[k + 1] += float((kl_estimate(logp, ref_logp, s.kl_estimator) * mask).sum())
+                sums[k + 2] += float((ent * mask).sum())
+                sums[k + 3] += float(mask.sum())
+    return sums
+
+
+def update(policy: Policy, optimizer: Any, max_grad_norm: float, workers: Workers) -> float:
+    """Phase 5: gradients summed over the workers, clipped, one optimizer step; the norm before clipping."""
+    params = policy.trainable()
+    workers.sum_grads(params)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def train_step(
+    policy: Policy, optimizer: Any, batch: list[Episode], stage: int, t: TrainConfig, workers: Workers = Workers()
+) -> StepStats:
+    """One SCoRe update on the judged, unflagged episodes of ``batch`` (every worker holds the whole batch)."""
+    s = t.score
+    episodes = [e for e in batch if not e.flagged]
+    beta = betas(s, stage)
+    seqs = {j: [e.attempt(j).sequence for e in episodes] for j in (1, 2)}
+    rewards = shape(episodes, stage, s)
+    penalties = kl_in_reward(policy, seqs, s, workers) if s.kl_in == "reward" else None
+    if penalties is not None:  # R_j -= beta_j * sum_t (logp - ref_logp)
+        rewards = {j: [r - beta[j] * p for r, p in zip(rewards[j], penalties[j], strict=True)] for j in (1, 2)}
+    groups = [e.prompt_id for e in episodes]
+    advantages = {j: rloo_advantages(rewards[j], groups, s.baseline) for j in (1, 2)}
+    policy.model.train()
+    sums = workers.sum(backward(policy, seqs, advantages, beta, s, workers), policy.device)
+    grad_norm = update(policy, optimizer, t.max_grad_norm, workers)
+    pg1, kl1, ent1, tok1, pg2, kl2, ent2, tok2 = sums.tolist()
+    return StepStats(
+        pg_loss=pg1 + pg2,
+        kl_t1=kl1 / max(tok1, 1),
+        kl_t2=kl2 / max(tok2, 1),
+        entropy_t1=ent1 / max(tok1, 1),
+        entropy_t2=ent2 / max(tok2, 1),
+        grad_norm=grad_norm,
+        shaped_t1=fmean(rewards[1]) if episodes else 0.0,
+        shaped_t2=fmean(rewards[2]) if episodes else 0.0,
+        kl_penalty_t1=fmean(penalties[1]) if penalties and penalties[1] else (0.0 if penalties else None),
+        kl_penalty_t2=fmean(penalties[2]) if penalties and penalties[2] else (0.0 if penalties else None),
+    )
