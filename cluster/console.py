@@ -12,12 +12,10 @@ log files are copied into ``RUN_DIR/logs/ray/`` at the end.
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -126,72 +124,8 @@ def _is_fd(stream: TextIO, fd: int) -> bool:
 # --- one line per stage --------------------------------------------------------------------------
 
 
-def _s(x: Any) -> str:
-    return f"{x:.0f} s" if isinstance(x, (int, float)) else "?"
-
-
-def _generate(s: dict[str, Any]) -> str:
-    rate = s.get("tokens_per_s_this_run")
-    speed = f" ({rate:.0f} tokens/s)" if rate else ""
-    return (f"generate: {s['prompts']} prompts -> {s['samples']} samples, {s['generated_tokens']:,} tokens{speed}, "
-            f"{_s(s.get('wall_seconds_this_run'))}")
-
-
-def _judge(s: dict[str, Any]) -> str:
-    judges = s.get("judges", {})
-    flagged = ", ".join(f"{n} {j.get('rows_flagged', 0)}" for n, j in judges.items())
-    return (f"judge: {s['rows']} rows judged by {', '.join(judges) or 'no judge'} (flagged: {flagged or 'none'}), "
-            f"{_s(s.get('wall_seconds_this_run'))}")
-
-
-def _build(s: dict[str, Any]) -> str:
-    noun = "pairs" if s.get("kind") == "pairs" else "examples"
-    dropped = ", ".join(f"{k} {v}" for k, v in s.get("dropped", {}).items() if v)
-    return (f"build: {s['builder']}, {s['rows_in']} rows -> {s['pairs_out']} {noun} ({s['prompts_out']} prompts)"
-            + (f"; dropped {dropped}" if dropped else ""))
-
-
-def _train(s: dict[str, Any]) -> str:
-    return f"train: {s['algorithm']}, {s['steps']} steps on {s['pairs']} pairs, {_s(s.get('seconds'))} -> {s['model']}"
-
-
-def _eval(s: dict[str, Any]) -> str:
-    models = s["models"]
-    problems = sorted({m["problems"] for m in models.values()})
-    return f"eval: {', '.join(models)} on {'/'.join(map(str, problems))} problems each, {_s(s['seconds'])}"
-
-
-def _report(s: dict[str, Any]) -> str:
-    from rl.report import before_after
-
-    table = ""
-    metrics = Path(s["html"]).parents[1] / "eval" / "metrics.json"
-    if metrics.exists():
-        table = "\n" + before_after(json.loads(metrics.read_text())) + "\n\n"
-    return f"{table}report: {s['html']} (report.md and the plots beside it)"
-
-
-SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
-    "generate": _generate,
-    "judge": _judge,
-    "build": _build,
-    "train": _train,
-    "eval": _eval,
-    "report": _report,
-}
-
-
 def summarize(stage: str, summary: dict[str, Any]) -> str:
-    """The line printed when ``stage`` finishes; a stage without its own gets its scalar fields."""
-    describe = SUMMARIES.get(stage)
-    if describe is not None:
-        try:
-            return describe(summary)
-        except (AttributeError, KeyError, TypeError, ValueError):
-            pass  # a summary of another shape: the generic line below
-    scalars = [
-        f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-        for k, v in summary.items()
-        if isinstance(v, (int, float, str))
-    ]
-    return f"{stage}: {', '.join(scalars)}"
+    """The line printed when ``stage`` finishes (each ``cluster.stages.Stage`` says how)."""
+    from cluster.stages import STAGES
+
+    return STAGES[stage].describe(summary)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from cluster.config import Config, ConfigError, RayConfig
@@ -139,7 +139,7 @@ def infeasible(demands: list[Demand], nodes: list[dict[str, float]], stage: str 
         shape = _fmt(d.resources)
         if held == 0:
             short = [r for r, q in d.resources.items() if q > 0 and max((n.get(r, 0.0) for n in nodes), default=0) < q]
-            have = ", ".join(f"{_num(d.resources[r])} {r}" for r in short)
+            have = ", ".join(f"{num(d.resources[r])} {r}" for r in short)
             why = f"no node has {have}" if short else "no node fits it"
         else:
             why = f"the cluster holds only {held} at once"
@@ -163,12 +163,12 @@ def infeasible(demands: list[Demand], nodes: list[dict[str, float]], stage: str 
     return problems
 
 
-def _num(x: float) -> str:
+def num(x: float) -> str:
     return f"{x:g}"
 
 
 def _fmt(resources: dict[str, float]) -> str:
-    return ", ".join(f"{r}: {_num(q)}" for r, q in resources.items() if q > 0)
+    return ", ".join(f"{r}: {num(q)}" for r, q in resources.items() if q > 0)
 
 
 def describe_nodes(nodes: list[dict[str, float]]) -> str:
@@ -254,72 +254,18 @@ def check_resources(demands: list[Demand] | Mapping[str, list[Demand]]) -> str |
     raise ResourceError(f"{text}. The cluster has no autoscaler: lower these settings or add nodes that have them")
 
 
-def _engine(prefix: str, engine: EngineConfig) -> Demand:
+def engine_demand(prefix: str, engine: EngineConfig) -> Demand:
+    """The actors of an engine pool at ``min_actors``, the keys named as ``prefix.KEY``."""
     return Demand(
-        f"{prefix}.num_gpus={_num(engine.num_gpus)}, {prefix}.num_cpus={_num(engine.num_cpus)} "
+        f"{prefix}.num_gpus={num(engine.num_gpus)}, {prefix}.num_cpus={num(engine.num_cpus)} "
         f"per engine actor, {prefix}.min_actors={engine.min_actors}",
         {"CPU": engine.num_cpus, "GPU": engine.num_gpus},
         engine.min_actors,
     )
 
 
-def _judges(cfg: Config) -> list[Demand]:
-    gpus = {}
-    for name, s in cfg.judges.items():
-        # a self_critic without num_gpus of its own takes generate.engine's (datagen.judging.plan_judge)
-        g = float(getattr(s, "num_gpus", 0) or (cfg.generate.engine.num_gpus if s.type == "self_critic" else 0))
-        if g:
-            gpus[f"judges.{name}.num_gpus"] = g
-    need = max(gpus.values(), default=0.0)
-    keys = ", ".join(f"{k}={_num(v)}" for k, v in gpus.items() if v == need)
-    pool = cfg.judge_pool
-    return [
-        Demand(
-            (f"{keys}, " if keys else "") + f"judge_pool.num_cpus={_num(pool.num_cpus)} per judge actor, "
-            f"judge_pool.min_actors={pool.min_actors}",
-            {"CPU": pool.num_cpus, "GPU": need},
-            pool.min_actors,
-        )
-    ]
-
-
-def _train(cfg: Config) -> list[Demand]:
-    t = cfg.train
-    demands = [
-        Demand(
-            f"train.use_gpu={str(t.use_gpu).lower()}, train.cpus_per_worker={_num(t.cpus_per_worker)}, "
-            f"train.num_workers={t.num_workers}",
-            {"CPU": t.cpus_per_worker, "GPU": 1.0 if t.use_gpu else 0.0},
-            t.num_workers,
-        )
-    ]
-    if t.algorithm == "score":  # SCoRe's rollout engines run beside the trainer, with generate.engine's settings
-        e = cfg.generate.engine
-        demands.append(
-            Demand(
-                f"generate.engine.num_gpus={_num(e.num_gpus)}, generate.engine.num_cpus={_num(e.num_cpus)} per "
-                f"rollout engine, train.score.rollout_actors={t.score.rollout_actors}",
-                {"CPU": e.num_cpus, "GPU": e.num_gpus},
-                t.score.rollout_actors,
-            )
-        )
-    return demands
-
-
-#: What each stage needs from the cluster, by stage name (a stage not named needs nothing special). The train
-#: stage places its workers and SCoRe's rollout engines together; the judge stage its pool at min_actors.
-STAGE_DEMANDS: dict[str, Callable[[Config], list[Demand]]] = {
-    "generate": lambda cfg: [_engine("generate.engine", cfg.generate.engine)],
-    "judge": _judges,
-    "train": _train,
-    # the eval runs its models with generate.engine (rl.evaluate), then the judges: never both at once
-    "eval": lambda cfg: [
-        _engine("generate.engine", cfg.generate.engine)._replace(phase="generate"),
-        *(d._replace(phase="judge") for d in _judges(cfg)),
-    ],
-}
-
-
 def stage_demands(cfg: Config, stage: str) -> list[Demand]:
-    make = STAGE_DEMANDS.get(stage)
-    return make(cfg) if make else []
+    """What the stage named ``stage`` needs from the cluster (each ``cluster.stages.Stage`` says)."""
+    from cluster.stages import STAGES
+
+    return STAGES[stage].demands(cfg)

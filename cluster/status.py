@@ -12,12 +12,10 @@ given a job server (``--address`` or ``RAY_ADDRESS``), the run's latest Ray job 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,6 @@ from cluster.config import Config, ConfigError, load_config
 from cluster.console import DRIVER_LOG, LOG_DIR
 from cluster.stages import STAGES
 from datagen import storage
-from datagen.shards import STAGE_FILE, StageDir
 from datagen.storage import Location, ObjectPath, as_location, is_uri, local_cache
 
 RESOLVED_CONFIG = "config.yaml"  # what cluster.cli writes beside the stages' output
@@ -65,105 +62,11 @@ def resolve(target: str, overrides: list[str]) -> Config:
     return load_config(path, overrides)
 
 
-def _shard_state(out: StageDir, total: int | None) -> tuple[str, str]:
-    if out.done():
-        shards = out.summary().get("shards", total)
-        return "done", f"{shards} shards" if shards is not None else ""
-    done = len(out.completed_shards())
-    if done == 0 and not storage.exists(out.path / STAGE_FILE):
-        return "not started", ""
-    return "partial", f"{done}/{total if total is not None else '?'} shards"
-
-
-def generate_total(cfg: Config) -> int | None:
-    """Shards of the generate stage: ceil(prompts / generate.shard_size); None when the prompts cannot be read."""
-    from datagen.prompts import load_prompts
-
-    try:
-        return math.ceil(len(load_prompts(cfg.prompts)) / cfg.generate.shard_size)
-    except Exception:  # a prompt file only the cluster sees, say: the total is unknown, not an error here
-        return None
-
-
-def _shard_stage(name: str, total: Callable[[Config], int | None]) -> Callable[[Config], tuple[str, str]]:
-    return lambda cfg: _shard_state(StageDir(cfg.stage_dir(name)), total(cfg))
-
-
-def _generated_shards(cfg: Config) -> int | None:
-    gen = StageDir(cfg.stage_dir("generate"))
-    return gen.summary().get("shards") if gen.done() else generate_total(cfg)
-
-
-def _train(cfg: Config) -> tuple[str, str]:
-    from rl.train import PROGRESS_FILE, RUN_NAME
-
-    out = StageDir(cfg.stage_dir("train"))
-    if out.done():
-        s = out.summary()
-        return "done", f"{s.get('steps', '?')} steps, model {s.get('model', out.path / 'model')}"
-    checkpoints = sorted(n for n in storage.list_names(out.path / RUN_NAME) if n.startswith("checkpoint_"))
-    try:  # on object storage the progress file stays beside the driver: none here
-        progress = storage.read_json(out.path / PROGRESS_FILE)
-    except (OSError, ValueError):
-        progress = None
-    if not checkpoints and progress is None and not storage.exists(out.path / STAGE_FILE):
-        return "not started", ""
-    parts = []
-    if progress is not None:
-        parts.append(f"step {progress.get('step', '?')}/{progress.get('max_steps') or '?'}")
-    parts.append(f"{len(checkpoints)} checkpoint(s)" + (f", last {checkpoints[-1]}" if checkpoints else ""))
-    return "partial", ", ".join(parts)
-
-
-def _eval(cfg: Config) -> tuple[str, str]:
-    root = cfg.stage_dir("eval")
-    if StageDir(root).done():
-        models = StageDir(root).summary().get("models", {})
-        return "done", f"{', '.join(models)}; metrics {root / 'metrics.json'}"
-    labels = sorted(n for n in storage.list_names(root) if storage.exists(root / n / "generate"))
-    if not labels:
-        return "not started", ""
-    parts = []
-    for label in labels:
-        gen = StageDir(root / label / "generate")
-        state, shards = _shard_state(gen, None)
-        judge_total = gen.summary().get("shards") if gen.done() else None
-        jstate, jshards = _shard_state(StageDir(root / label / "judge"), judge_total)
-        parts.append(f"{label}: generate {shards if state == 'partial' else state}, "
-                     f"judge {jshards if jstate == 'partial' else jstate}")
-    return "partial", "; ".join(parts)
-
-
-def _report(cfg: Config) -> tuple[str, str]:
-    html = cfg.stage_dir("report") / "report.html"
-    return ("done", "") if storage.exists(html) else ("not started", "")
-
-
-def _default(name: str) -> Callable[[Config], tuple[str, str]]:
-    def state(cfg: Config) -> tuple[str, str]:
-        out = StageDir(cfg.stage_dir(name))
-        if out.done():
-            return "done", ""
-        return ("partial", "") if storage.list_names(out.path) else ("not started", "")
-
-    return state
-
-
-#: How each stage's progress is read from disk, by stage name; other stages: done or not from _SUCCESS.json.
-READERS: dict[str, Callable[[Config], tuple[str, str]]] = {
-    "generate": _shard_stage("generate", generate_total),
-    "judge": _shard_stage("judge", _generated_shards),
-    "train": _train,
-    "eval": _eval,
-    "report": _report,
-}
-
-
 def stage_states(cfg: Config) -> list[tuple[str, str, str, Location]]:
     """``(stage, state, detail, output path)`` for each stage of a run (and the others that have output)."""
     rows = []
     for name, stage in STAGES.items():
-        state, detail = READERS.get(name, _default(name))(cfg)
+        state, detail = stage.state(cfg)
         skipped = stage.skip_in_run(cfg) if stage.skip_in_run else None
         if skipped and state == "not started":
             state, detail = "skipped", "not part of this run: " + skipped

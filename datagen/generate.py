@@ -21,7 +21,7 @@ from datagen import metrics, storage
 from datagen.config import TEACHER_PLACEMENT, GenerateConfig, PromptsConfig
 from datagen.engine import GenerationWorker, engine_env
 from datagen.models import resolve_model
-from datagen.pipeline import run_shard_stage
+from datagen.pipeline import ActorPool, run_shard_stage
 from datagen.prompts import PromptError, load_prompts
 from datagen.records import Prompt
 from datagen.shards import StageDir
@@ -126,12 +126,14 @@ def run_generate(
             "seed": plan.seed,
             "tags": tags or metrics.stage_tags(out.path),
         },
-        min_actors=engine.min_actors,
-        max_actors=min(engine.max_actors, max(1, len(tasks))),
-        num_cpus=engine.num_cpus,
-        num_gpus=engine.num_gpus,
-        env_vars=engine_env(engine),
-        max_restarts=engine.max_restarts,
+        ActorPool(
+            min_actors=engine.min_actors,
+            max_actors=min(engine.max_actors, max(1, len(tasks))),
+            num_cpus=engine.num_cpus,
+            num_gpus=engine.num_gpus,
+            env_vars=engine_env(engine),
+            max_restarts=engine.max_restarts,
+        ),
         desc="generate",
     )
     seconds = time.perf_counter() - started

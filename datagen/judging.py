@@ -22,7 +22,7 @@ from datagen import metrics, storage
 from datagen.config import EngineConfig, JudgePoolConfig
 from datagen.engine import engine_env, engine_kwargs
 from datagen.models import resolve_model
-from datagen.pipeline import run_shard_stage
+from datagen.pipeline import ActorPool, run_shard_stage
 from datagen.records import judge_column
 from datagen.shards import StageDir, StageInputError
 from judges.base import JudgeResult, build, load
@@ -200,12 +200,8 @@ def run_judge(
         tasks,
         JudgeWorker,
         {"judges": {n: s.model_dump() for n, s in plan.judges.items()}, "tags": tags or metrics.stage_tags(out.path)},
-        min_actors=plan.pool.min_actors,
-        max_actors=plan.pool.max_actors,
-        num_cpus=plan.pool.num_cpus,
-        num_gpus=plan.num_gpus,
-        env_vars=plan.env_vars or None,
-        max_restarts=plan.pool.max_restarts,
+        ActorPool(plan.pool.min_actors, plan.pool.max_actors, plan.pool.num_cpus, plan.num_gpus, plan.env_vars or {},
+                  plan.pool.max_restarts),
         desc="judge",
     )
     expected = plan.inputs.read(columns=["prompt_id", "sample_idx"])

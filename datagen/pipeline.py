@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -53,21 +54,28 @@ def _named_udf(worker_cls: type) -> type:
     return type(worker_cls.__name__, (_WriteShards,), {"__doc__": _WriteShards.__doc__})
 
 
+@dataclass(frozen=True)
+class ActorPool:
+    """The Ray Data actors a stage runs its shards on: how many, what each reserves, its environment, and how
+    often a lost one (a crashed engine) is restarted and its shard retried."""
+
+    min_actors: int = 1
+    max_actors: int = 1
+    num_cpus: float = 1
+    num_gpus: float = 0
+    env_vars: dict[str, str] = field(default_factory=dict)
+    max_restarts: int = 3
+
+
 def run_shard_stage(
     out: StageDir,
     tasks: list[dict[str, Any]],
     worker_cls: type,
     worker_kwargs: dict[str, Any],
-    *,
-    min_actors: int = 1,
-    max_actors: int = 1,
-    num_cpus: float = 1,
-    num_gpus: float = 0,
-    env_vars: dict[str, str] | None = None,
-    max_restarts: int = 3,
+    pool: ActorPool,
     desc: str = "shards",
 ) -> list[dict[str, Any]]:
-    """Compute and write every task's shard; return one manifest row per shard written.
+    """Compute and write every task's shard on ``pool``; return one manifest row per shard written.
 
     ``tasks`` are JSON-able dicts with an int ``"shard"``. ``worker_cls(**worker_kwargs)`` runs once
     per actor; calling it with a task returns the shard's table and a dict of stats.
@@ -96,14 +104,14 @@ def run_shard_stage(
                 "out_path": str(out.path),
             },
             batch_size=1,
-            compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            runtime_env={"env_vars": env_vars} if env_vars else None,
+            compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+            num_cpus=pool.num_cpus,
+            num_gpus=pool.num_gpus,
+            runtime_env={"env_vars": pool.env_vars} if pool.env_vars else None,
             # A lost actor (a crashed engine) is restarted and its shard retried, a bounded number
             # of times: an input that kills the engine every time fails the stage, not loops.
-            max_restarts=max_restarts,
-            max_task_retries=max_restarts,
+            max_restarts=pool.max_restarts,
+            max_task_retries=pool.max_restarts,
         )
     manifest = []
     with progress.bar(total=len(tasks), desc=desc, unit="shard") as bar:

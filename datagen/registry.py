@@ -96,6 +96,10 @@ class Registry(Generic[T]):
         self._load_builtins()
         return self._parts[name]
 
+    def values(self) -> list[T]:
+        self._load_builtins()
+        return list(self._parts.values())
+
     def items(self) -> list[tuple[str, T]]:
         """The registered parts, in the order they were registered."""
         self._load_builtins()

@@ -150,8 +150,10 @@ class ScoreConfig(Strict):
 class TrainConfig(Strict):
     """DPO, SFT or SCoRe on Ray Train."""
 
-    algorithm: Literal["dpo", "sft", "score"] = Field(
-        "dpo", description="dpo: preference pairs; sft: messages; score: SCoRe's on-policy RL (train.score)"
+    algorithm: str = Field(
+        "dpo",
+        description="dpo: preference pairs; sft: messages; score: SCoRe's on-policy RL (train.score); or "
+        "'package.module:Name' for your own (rl.algorithms)",
     )
     score: ScoreConfig = ScoreConfig()
     lora: LoraConfig = LoraConfig()
@@ -200,6 +202,14 @@ class TrainConfig(Strict):
     log_samples: bool = Field(False, description="write the ids of the pairs each step trained on")
     merge: bool = Field(True, description="also save the LoRA adapter merged into the base model")
     seed: int = 0
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, algorithm: str) -> str:
+        from rl.algorithms import ALGORITHMS  # it imports this module
+
+        ALGORITHMS.get(algorithm)  # ValueError naming the known ones
+        return algorithm
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from datagen.shards import atomic_write_bytes
-from datagen.storage import Location, ObjectPath, filesystem
+from datagen.shards import StageDir, atomic_write_bytes
+from datagen.storage import Location, ObjectPath, filesystem, local_cache
 from rl.config import TrainConfig
 
 RUN_NAME = "ray"
@@ -76,6 +76,19 @@ def step_bar(progress_file: Path) -> Iterator[None]:
         thread.join()
         update()
         bar.close()
+
+
+def local_folder(out: StageDir, overwrite: bool = False) -> Path:
+    """Where a training run writes through the file system: the stage's own folder, or, for a stage on object
+    storage, a local mirror of it (emptied by ``overwrite``), which the run uploads when it ends."""
+    if not isinstance(out.path, ObjectPath):
+        out.path.mkdir(parents=True, exist_ok=True)
+        return out.path.resolve()
+    local = local_cache(out.path.parent, out.path.name).resolve()
+    if overwrite:
+        shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True, exist_ok=True)
+    return local
 
 
 def make_trainer(loop: Any, loop_cfg: dict[str, Any], cfg: TrainConfig, storage: Location) -> Any:

@@ -29,8 +29,9 @@ from datagen.config import GenerateConfig
 from datagen.records import Prompt
 from datagen.shards import STAGE_FILE, SUCCESS_FILE, StageDir, StageInputError, atomic_write_bytes
 from judges.config import JudgeSettings
+from rl.algorithms import TrainInputs
 from rl.config import TrainConfig
-from rl.raytrain import METRICS_FILE, PROGRESS_FILE, make_trainer, publish_final, step_bar
+from rl.raytrain import METRICS_FILE, PROGRESS_FILE, local_folder, make_trainer, publish_final, step_bar
 from rl.score_recipe import ROLLOUT_DIR, ScoreLoopConfig, _pull_metrics, score_loop
 
 
@@ -88,6 +89,7 @@ def score_fingerprint(
 class ScorePlan:
     """What ``run_score`` needs, checked before Ray starts."""
 
+    train: TrainConfig
     model_path: str
     model_name: str  # as the config names it
     prompts: list[Prompt]
@@ -98,25 +100,21 @@ class ScorePlan:
     fingerprint: dict[str, Any]
 
 
-def plan_score(
-    cfg: TrainConfig, judges: dict[str, JudgeSettings], model: str, model_path: str, prompts: list[Prompt],
-    generate: GenerateConfig, seed: int, judge_cache: Path,
-) -> ScorePlan:  # fmt: skip
-    """Refuse what can be refused before Ray starts (``StageInputError``: exit 2); the plan otherwise.
-
-    ``judge_cache``: where an API judge with no ``cache_dir`` caches its answers (local disk).
-    """
+def plan_score(inputs: TrainInputs, prompts: list[Prompt]) -> ScorePlan:
+    """Refuse what can be refused before Ray starts (``StageInputError``: exit 2): the judge, the weight
+    sync, the LoRA targets, every prompt against the context; the plan otherwise."""
     from datagen.generate import check_lengths
 
+    cfg = inputs.train
     s = cfg.score
-    check_score(cfg, judges, model_path, generate)
-    generate = generate.model_copy(update={"max_tokens": s.max_tokens or generate.max_tokens})
-    check_lengths(prompts, model_path, generate)
-    judge = judges[s.judge]
+    check_score(cfg, inputs.judges, inputs.model_path, inputs.generate)
+    generate = inputs.generate.model_copy(update={"max_tokens": s.max_tokens or inputs.generate.max_tokens})
+    check_lengths(prompts, inputs.model_path, generate)
+    judge = inputs.judges[s.judge]
     if getattr(judge, "cache_dir", "set") is None:
-        judge = judge.model_copy(update={"cache_dir": str(judge_cache)})
-    fingerprint = score_fingerprint(cfg, model_path, prompts, s.judge, judge, generate)
-    return ScorePlan(model_path, model, prompts, generate, s.judge, judge, seed, fingerprint)
+        judge = judge.model_copy(update={"cache_dir": str(inputs.judge_cache / f"score_{s.judge}")})
+    fingerprint = score_fingerprint(cfg, inputs.model_path, prompts, s.judge, judge, generate)
+    return ScorePlan(cfg, inputs.model_path, inputs.model, prompts, generate, s.judge, judge, inputs.seed, fingerprint)
 
 
 def _start_actors(cfg: TrainConfig, plan: ScorePlan, sync: str):
@@ -180,7 +178,7 @@ def _dedupe_metrics(path: Path) -> int:
 
 
 def run_score(
-    cfg: TrainConfig, plan: ScorePlan, out_dir: str | os.PathLike[str] | storage.ObjectPath, overwrite: bool = False
+    plan: ScorePlan, out_dir: str | os.PathLike[str] | storage.ObjectPath, overwrite: bool = False
 ) -> dict[str, Any]:
     """Train with SCoRe; the kept model lands in ``out_dir/model``. Needs Ray initialised.
 
@@ -191,22 +189,17 @@ def run_score(
     minutes and the log is small, so one more PUT per step costs nothing beside it, and a run that moves
     to another machine keeps every step's record. The model and adapter are uploaded at the end.
     """
-    import shutil
-
     import ray
     from ray.util.placement_group import remove_placement_group
 
+    cfg = plan.train
     out = StageDir(out_dir)
     if out.done() and not overwrite:
         out.check(plan.fingerprint)
         return out.summary()
     out.start(plan.fingerprint, overwrite=overwrite)
     remote = isinstance(out.path, storage.ObjectPath)
-    # what is written through the local file system: the whole stage locally, a mirror on object storage
-    local = storage.local_cache(out.path.parent, out.path.name).resolve() if remote else out.path.resolve()
-    if remote and overwrite:
-        shutil.rmtree(local, ignore_errors=True)
-    local.mkdir(parents=True, exist_ok=True)
+    local = local_folder(out, overwrite)
     metrics_object = out.path / METRICS_FILE if remote else None
     sync = sync_backend(cfg)
     started = time.perf_counter()

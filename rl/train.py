@@ -29,16 +29,18 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from datagen.metrics import stage_tags
-from datagen.shards import StageDir, atomic_write_json
-from datagen.storage import Location, read_json
+from datagen.shards import STAGE_FILE, SUCCESS_FILE, StageDir, atomic_write_json
+from datagen.storage import Location, ObjectPath, read_json, upload_folder
 
 # The seams this module was split along; their names stay importable from here.
+from rl.algorithms import TrainInputs
 from rl.checks import _token_lengths, check_data, check_lora_targets  # noqa: F401
 from rl.config import TrainConfig
 from rl.raytrain import (  # noqa: F401
@@ -48,6 +50,7 @@ from rl.raytrain import (  # noqa: F401
     RUN_NAME,
     _storage_args,
     append_line,
+    local_folder,
     make_trainer,
     publish_final,
     step_bar,
@@ -131,26 +134,47 @@ def train_fingerprint(cfg: TrainConfig, model_path: str, build_dir: StageDir) ->
     return {"train": cfg.model_dump(mode="json"), "model": model_path, "build": build}
 
 
+@dataclass(frozen=True)
+class TrainPlan:
+    """DPO/SFT's plan: the settings, the model, the build, and ``check_data``'s report (None when the stage
+    had finished: then only its fingerprint is compared; with --overwrite ``run_train`` checks the data)."""
+
+    train: TrainConfig
+    model_path: str
+    build: StageDir
+    report: dict[str, Any] | None
+    fingerprint: dict[str, Any]
+
+
+def plan_train(inputs: TrainInputs) -> TrainPlan:
+    """The build's kind and size, and every sequence's length against train.max_length, checked before Ray
+    Train starts (``StageInputError``: exit 2)."""
+    report = None if inputs.done else check_data(inputs.train, inputs.model_path, inputs.build)
+    fingerprint = train_fingerprint(inputs.train, inputs.model_path, inputs.build)
+    return TrainPlan(inputs.train, inputs.model_path, inputs.build, report, fingerprint)
+
+
 def run_train(
     cfg: TrainConfig,
     model_path: str,
     build_dir: StageDir,
-    out_dir: str | os.PathLike[str],
+    out_dir: Location | str | os.PathLike[str],
     overwrite: bool = False,
     callbacks: list | None = None,
     report: dict[str, Any] | None = None,
     tags: dict[str, str] | None = None,
-    checkpoints: Location | None = None,
 ) -> dict[str, Any]:
     """Train on the build stage's output; the final model lands in ``out_dir/model``.
-
-    Ray Train's checkpoints go under ``checkpoints`` (default ``out_dir``), which may be on object storage.
 
     A finished run is kept; a run stopped part way resumes from its last checkpoint. Needs Ray
     initialised. ``callbacks`` are extra ``transformers.TrainerCallback`` objects for the workers;
     ``report`` is ``check_data``'s (computed here when not given); ``tags`` label the Ray metrics
     (``datagen.metrics.stage_tags``; default: from ``out_dir``'s path). With ``sft_first`` the SFT run
-    goes to ``out_dir/sft`` (resumable on its own) and DPO starts from ``out_dir/sft/model``.
+    goes to ``out_dir/sft`` (resumable on its own) and DPO starts from its model.
+
+    ``out_dir`` may be on object storage: Ray Train's checkpoints go there directly (a new driver anywhere
+    resumes from them); the folder the workers append metrics to is a local mirror (``local_folder``),
+    uploaded when training ends, and the summary names the objects.
     """
     out = StageDir(out_dir)
     fingerprint = train_fingerprint(cfg, model_path, build_dir)
@@ -160,17 +184,15 @@ def run_train(
     if report is None:
         report = check_data(cfg, model_path, build_dir)
     build = build_dir.summary()
-    out.start(fingerprint, overwrite=overwrite)
+    out.start(fingerprint, overwrite=overwrite)  # other settings refused; --overwrite drops old checkpoints
+    local = local_folder(out, overwrite)
     tags = tags or stage_tags(out.path)
     sft_summary = None
     if cfg.sft_first is not None:
-        sft_cfg = sft_first_config(cfg)
         sft_tags = {**tags, "stage": f"{tags['stage']}/sft"}
-        sft_summary = run_train(
-            sft_cfg, model_path, build_dir, out.path / "sft", False, callbacks, report, sft_tags,
-            checkpoints / "sft" if checkpoints is not None else None,
-        )
-        model_path = sft_summary["model"]
+        sft_cfg = sft_first_config(cfg)
+        sft_summary = run_train(sft_cfg, model_path, build_dir, out.path / "sft", False, callbacks, report, sft_tags)
+        model_path = str(local / "sft" / "model")  # on local disk, where the workers load it
     loop_cfg = {
         "train": cfg.model_dump(mode="json"),
         "model_path": model_path,
@@ -178,21 +200,21 @@ def run_train(
         "data_files": [str(p) for p in build_dir.shard_paths()],
         "cpus_per_worker": cfg.cpus_per_worker,
         "log_samples": cfg.log_samples,
-        "sample_log_dir": str((out.path / "samples").resolve()),
-        "metrics_file": str((out.path / METRICS_FILE).resolve()),
+        "sample_log_dir": str(local / "samples"),
+        "metrics_file": str(local / METRICS_FILE),
         "metric_tags": tags,
         "callbacks": callbacks or [],
     }
-    trainer = make_trainer(train_loop, loop_cfg, cfg, checkpoints if checkpoints is not None else out.path)
+    trainer = make_trainer(train_loop, loop_cfg, cfg, out.path)
     start = time.perf_counter()
-    with step_bar(out.path / PROGRESS_FILE):
+    with step_bar(local / PROGRESS_FILE):
         result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError("training ended without a final checkpoint")
-    metrics = publish_final(result.checkpoint, out.path)
-    history = out.path / "log_history.json"
+    metrics = publish_final(result.checkpoint, local)
+    history = local / "log_history.json"
     if history.exists():
-        write_step_metrics(json.loads(history.read_text()), out.path / METRICS_FILE)
+        write_step_metrics(json.loads(history.read_text()), local / METRICS_FILE)
     summary = {
         "algorithm": cfg.algorithm,
         "steps": metrics["step"],
@@ -204,5 +226,7 @@ def run_train(
     }
     if sft_summary is not None:
         summary["sft_first"] = {k: sft_summary[k] for k in ("steps", "seconds", "model")}
-    out.mark_done(summary)
+    if isinstance(out.path, ObjectPath):  # the SFT run uploaded its own folder
+        upload_folder(local, out.path, skip=(STAGE_FILE, SUCCESS_FILE, "sft"))
+    out.mark_done(summary)  # last: the model and its metrics are in place
     return summary
