@@ -302,6 +302,6 @@ def test_build_stage_takes_the_run_seed_for_the_negatives(tmp_path):
 
     cfg = load_config(None, [f"run_dir={tmp_path}", "seed=7", "build.builder=self_contrast"])
     plan = STAGES["build"].prepare(cfg)
-    assert plan.settings.seed == 7 and plan.fingerprint["build"]["seed"] == 7
+    assert plan.build.seed == 7 and plan.fingerprint["build"]["seed"] == 7
     own = load_config(None, [f"run_dir={tmp_path}", "seed=7", "build.seed=3"])
-    assert STAGES["build"].prepare(own).settings.seed == 3
+    assert STAGES["build"].prepare(own).build.seed == 3
