@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from datagen.config import PromptsConfig, Strict
 from judges.config import JudgesConfig
@@ -102,13 +102,19 @@ class ScoreConfig(Strict):
     alpha: float = Field(10.0, ge=0, description="stage II bonus alpha * (r(y2) - r(y1)) on attempt 2's reward")
     beta1: float = Field(0.01, ge=0, description="KL weight on both attempts in stage II, and on attempt 2 in stage I")
     beta2: float = Field(0.1, ge=0, description="stage I: KL weight on attempt 1 (strong: it stays near the base)")
-    shaping: Literal["bonus", "seed", "none"] = Field(
-        "bonus", description="bonus: the paper's alpha term; seed: the SCoRe seed's +1/0.5/-1; none: r(y2) alone"
+    shaping: str = Field(
+        "bonus",
+        description="bonus: the paper's alpha term; seed: the SCoRe seed's +1/0.5/-1; none: r(y2) alone; or "
+        "'package.module:Name' (rl.score_math.SHAPING)",
     )
     seed_values: SeedShapingConfig = SeedShapingConfig()
-    baseline: Literal["rloo", "none"] = Field("rloo", description="rloo: leave-one-out mean of the prompt's episodes")
-    kl_estimator: Literal["k1", "k2", "k3", "low_var_kl"] = Field(
-        "k3", description="per-token KL(pi || pi_ref) estimate (Schulman 2020); low_var_kl: k3 clamped to [-10, 10]"
+    baseline: str = Field(
+        "rloo", description="rloo: leave-one-out mean of the prompt's episodes; none (rl.score_math.BASELINES)"
+    )
+    kl_estimator: str = Field(
+        "k3",
+        description="per-token KL(pi || pi_ref) estimate (Schulman 2020): k1, k2, k3, low_var_kl (k3 clamped to "
+        "[-10, 10]) or 'package.module:Name' (rl.score_math.KL_ESTIMATORS)",
     )
     kl_in: Literal["loss", "reward"] = Field(
         "loss", description="loss: beta * KL added to the loss; reward: beta * sum of k1 subtracted from the reward"
@@ -131,6 +137,17 @@ class ScoreConfig(Strict):
     sync_timeout_s: float = Field(600.0, gt=0, description="limit on one weight sync or engine restart")
     keep: Literal["best", "last"] = Field("best", description="best: the weights with the best training reward")
     select_window: int = Field(5, ge=1, description="steps over which the training reward is averaged for keep: best")
+
+    @field_validator("shaping", "baseline", "kl_estimator")
+    @classmethod
+    def _registered(cls, name: str, info: ValidationInfo) -> str:
+        from rl import score_math  # torch: only when a SCoRe setting is validated
+
+        registry = {"shaping": score_math.SHAPING, "baseline": score_math.BASELINES}.get(
+            info.field_name or "", score_math.KL_ESTIMATORS
+        )
+        registry.get(name)  # ValueError naming the known ones
+        return name
 
     @model_validator(mode="after")
     def _check(self) -> ScoreConfig:

@@ -19,11 +19,22 @@ and the reference.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
+from datagen.registry import Registry
+
 KL_CLAMP = 10.0
+
+
+#: Stage II's attempt-2 reward by name (``train.score.shaping``): ``shape(r1, r2, *, alpha, seed_values, r_max)
+#: -> R2``, or ``"package.module:Name"`` for your own.
+SHAPING: Registry[Callable[..., list[float]]] = Registry("reward shaping")
+#: The baseline an episode's reward is compared with (``train.score.baseline``): ``(rewards, groups) -> A``.
+BASELINES: Registry[Callable[[Sequence[float], Sequence[str]], list[float]]] = Registry("baseline")
+#: Per-token KL estimators (``train.score.kl_estimator``): ``(d = logp - ref_logp) -> tensor``.
+KL_ESTIMATORS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("KL estimator")
 
 
 def shaped_rewards(
@@ -38,13 +49,7 @@ def shaped_rewards(
     """The rewards (R1, R2) the policy gradient uses for attempts 1 and 2 of each episode.
 
     Stage I: R1 = 0, R2 = r(y2) (eq. 3: attempt 1 has only its KL term).
-    Stage II, ``shaping="bonus"``: R1 = r(y1), R2 = r(y2) + alpha * (r(y2) - r(y1)) (Sec. 5.2).
-    Stage II, ``shaping="none"``: R1 = r(y1), R2 = r(y2).
-    Stage II, ``shaping="seed"`` (the SCoRe seed's variant; ``seed_values`` = (improved, partial,
-    unchanged)): R2 = improved when r(y2) > r(y1) and r(y2) reaches ``r_max``; partial when r(y2) > r(y1)
-    otherwise; unchanged when r(y2) <= r(y1) and r(y2) < r_max; 0 when both attempts are right (the seed
-    penalises "incorrect or unchanged" answers; a right answer kept right is neither, and charging it
-    would teach the model to change right answers).
+    Stage II: R1 = r(y1), R2 as the ``shaping`` named in ``SHAPING`` makes it.
 
     >>> shaped_rewards([0, 1], [1, 0], stage=2, alpha=10)
     ([0.0, 1.0], [11.0, -10.0])
@@ -56,36 +61,59 @@ def shaped_rewards(
     if stage == 1:
         return [0.0] * len(r1), [float(b) for b in r2]
     out1 = [float(a) for a in r1]
-    if shaping == "bonus":
-        return out1, [b + alpha * (b - a) for a, b in zip(out1, map(float, r2), strict=True)]
-    if shaping == "none":
-        return out1, [float(b) for b in r2]
-    if shaping != "seed":
-        raise ValueError(f"unknown shaping {shaping!r}")
+    shape = SHAPING.get(shaping)
+    return out1, shape(out1, [float(b) for b in r2], alpha=alpha, seed_values=seed_values, r_max=r_max)
+
+
+@SHAPING.register("bonus")
+def bonus(r1: list[float], r2: list[float], *, alpha: float, **_: object) -> list[float]:
+    """R2 = r(y2) + alpha * (r(y2) - r(y1)) (Sec. 5.2): pays for fixing a wrong attempt 1, charges for breaking a
+    right one."""
+    return [b + alpha * (b - a) for a, b in zip(r1, r2, strict=True)]
+
+
+@SHAPING.register("none")
+def no_shaping(r1: list[float], r2: list[float], **_: object) -> list[float]:
+    """R2 = r(y2)."""
+    return list(r2)
+
+
+@SHAPING.register("seed")
+def seed_shaping(
+    r1: list[float], r2: list[float], *, seed_values: tuple[float, float, float], r_max: float = 1.0, **_: object
+) -> list[float]:
+    """The SCoRe seed's variant (``seed_values`` = (improved, partial, unchanged)): R2 = improved when
+    r(y2) > r(y1) and r(y2) reaches ``r_max``; partial when r(y2) > r(y1) otherwise; unchanged when
+    r(y2) <= r(y1) and r(y2) < r_max; 0 when both attempts are right (the seed penalises "incorrect or
+    unchanged" answers; a right answer kept right is neither, and charging it would teach the model to
+    change right answers)."""
     improved, partial, unchanged = seed_values
     out2 = []
-    for a, b in zip(out1, map(float, r2), strict=True):
+    for a, b in zip(r1, r2, strict=True):
         if b > a:
             out2.append(improved if b >= r_max else partial)
         elif b >= r_max:
             out2.append(0.0)
         else:
             out2.append(unchanged)
-    return out1, out2
+    return out2
 
 
 def rloo_advantages(rewards: Sequence[float], groups: Sequence[str], baseline: str = "rloo") -> list[float]:
-    """A_i = R_i - mean of the other episodes' R of the same prompt (RLOO, Ahmadian et al. 2024).
-
-    A prompt with a single episode gets A = R (no baseline to take). ``baseline="none"``: A = R.
+    """Each episode's advantage under the ``baseline`` named in ``BASELINES``.
 
     >>> rloo_advantages([1.0, 0.0, 0.0, 0.0], ["a", "a", "b", "b"])
     [1.0, -1.0, 0.0, 0.0]
     """
-    if baseline == "none":
-        return [float(r) for r in rewards]
-    if baseline != "rloo":
-        raise ValueError(f"unknown baseline {baseline!r}")
+    return BASELINES.get(baseline)(rewards, groups)
+
+
+@BASELINES.register("rloo")
+def rloo(rewards: Sequence[float], groups: Sequence[str]) -> list[float]:
+    """A_i = R_i - mean of the other episodes' R of the same prompt (RLOO, Ahmadian et al. 2024).
+
+    A prompt with a single episode gets A = R (no baseline to take).
+    """
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     for r, g in zip(rewards, groups, strict=True):
@@ -98,21 +126,40 @@ def rloo_advantages(rewards: Sequence[float], groups: Sequence[str], baseline: s
     return out
 
 
-def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
-    """Per-token estimates of KL(pi || pi_ref) at tokens sampled from pi (Schulman 2020, "Approximating KL").
+@BASELINES.register("none")
+def no_baseline(rewards: Sequence[float], groups: Sequence[str]) -> list[float]:
+    """A = R."""
+    return [float(r) for r in rewards]
 
-    With d = logp - ref_logp: k1 = d; k2 = d^2 / 2; k3 = exp(-d) - 1 + d (unbiased, never negative);
-    low_var_kl = k3 clamped to [-10, 10] (as veRL).
-    """
-    d = logp - ref_logp
-    if estimator == "k1":
-        return d
-    if estimator == "k2":
-        return 0.5 * d * d
-    if estimator in ("k3", "low_var_kl"):
-        k3 = torch.exp(-d) - 1 + d
-        return k3.clamp(-KL_CLAMP, KL_CLAMP) if estimator == "low_var_kl" else k3
-    raise ValueError(f"unknown KL estimator {estimator!r}")
+
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    """Per-token estimates of KL(pi || pi_ref) at tokens sampled from pi (Schulman 2020, "Approximating KL"),
+    by the ``estimator`` named in ``KL_ESTIMATORS``, of d = logp - ref_logp."""
+    return KL_ESTIMATORS.get(estimator)(logp - ref_logp)
+
+
+@KL_ESTIMATORS.register("k1")
+def k1(d: torch.Tensor) -> torch.Tensor:
+    """k1 = d."""
+    return d
+
+
+@KL_ESTIMATORS.register("k2")
+def k2(d: torch.Tensor) -> torch.Tensor:
+    """k2 = d^2 / 2."""
+    return 0.5 * d * d
+
+
+@KL_ESTIMATORS.register("k3")
+def k3(d: torch.Tensor) -> torch.Tensor:
+    """k3 = exp(-d) - 1 + d (unbiased, never negative)."""
+    return torch.exp(-d) - 1 + d
+
+
+@KL_ESTIMATORS.register("low_var_kl")
+def low_var_kl(d: torch.Tensor) -> torch.Tensor:
+    """k3 clamped to [-10, 10] (as veRL)."""
+    return k3(d).clamp(-KL_CLAMP, KL_CLAMP)
 
 
 def aggregate(values: torch.Tensor, mask: torch.Tensor, agg: str, denominator: float) -> torch.Tensor:
@@ -185,8 +232,8 @@ def kept_candidate(window: Sequence[float], size: int, version: int, best: float
     SCoRe keeps the checkpoint with the highest training reward (Kumar et al. 2024, Sec. 6). Only a
     full window counts, and never the starting weights (version 0): one lucky batch is not a result.
 
-    >>> kept_candidate([0.5], 3, 1, None), kept_candidate([0.1, 0.2, 0.3], 3, 2, 0.1)
-    (None, 0.2)
+    >>> kept_candidate([0.5], 3, 1, None), kept_candidate([0.25, 0.5, 0.75], 3, 2, 0.1)
+    (None, 0.5)
     """
     if len(window) < size or version == 0:
         return None
