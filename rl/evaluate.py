@@ -1,6 +1,6 @@
 """The eval stage: how well each model corrects itself, before and after training (``RUN_DIR/eval/``).
 
-Where it sits (DESIGN.md's import direction): ``rl`` may import ``datagen`` and ``judges``, and this
+Where it sits (the import direction of docs/architecture.md): ``rl`` may import ``datagen`` and ``judges``, and this
 module composes their stages rather than copying them — each model's rows are made by the generate
 stage (``datagen.generate``: its engine, turns and shards) and scored by the judge stage
 (``datagen.judging``), each on a sub-directory of its own; the maths is in ``rl.metrics`` (pure
