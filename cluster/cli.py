@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_stages(cfg: Config, stages: list[Stage], overwrite: bool, console: Console) -> None:
-    from cluster.runtime import check_resources, init_ray, stage_demands
+    from cluster.runtime import check_resources, init_ray
 
     checked = False
     local_logs = check_run_dir(cfg, stages)
@@ -123,7 +123,7 @@ def _run_stages(cfg: Config, stages: list[Stage], overwrite: bool, console: Cons
                 # A stage asking for what the cluster can never give would wait forever: refused here,
                 # for this stage and the unfinished ones after it, before hours of work go before them.
                 later = [s for s in stages[stages.index(stage) :] if overwrite or not s.output(cfg).done()]
-                warning = check_resources({s.name: stage_demands(cfg, s.name) for s in later})
+                warning = check_resources({s.name: s.demands(cfg) for s in later})
                 if warning:
                     console.say(warning)
                 checked = True

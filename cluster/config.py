@@ -53,6 +53,17 @@ class Config(Strict):
         # A URI (s3://bucket/run) is kept as is.
         return value if is_uri(value) else str(Path(value).expanduser().absolute())
 
+    @field_validator("train")
+    @classmethod
+    def _known_algorithm(cls, train: TrainConfig) -> TrainConfig:
+        from rl.algorithms import ALGORITHMS
+
+        try:
+            ALGORITHMS.get(train.algorithm)
+        except ValueError as e:  # it names the known ones
+            raise ValueError(f"algorithm: {e}") from None
+        return train
+
     @model_validator(mode="after")
     def _selfee_threshold(self) -> Config:
         # the threshold is in the units of the judge build.judge names: known once the judges are

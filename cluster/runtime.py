@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from cluster.config import Config, ConfigError, RayConfig
+from cluster.config import ConfigError, RayConfig
 from datagen.config import EngineConfig
 
 _started: list[bool] = []  # one entry when this process connected Ray: whether it started a local one
@@ -263,9 +263,3 @@ def engine_demand(prefix: str, engine: EngineConfig) -> Demand:
         engine.min_actors,
     )
 
-
-def stage_demands(cfg: Config, stage: str) -> list[Demand]:
-    """What the stage named ``stage`` needs from the cluster (each ``cluster.stages.Stage`` says)."""
-    from cluster.stages import STAGES
-
-    return STAGES[stage].demands(cfg)

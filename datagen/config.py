@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from datagen.modes import MODES
+
 # The two self-correction instructions of the papers this project reproduces.
 REVIEW_PROMPTS = {
     # SCL (He et al., 2024): the seed's review message 0 with the step-by-step request and the answer
@@ -161,7 +163,7 @@ class GenerateConfig(Strict):
         "two_attempt",
         description="two_attempt: attempt 1, review prompt, attempt 2 (SCL, SCoRe); selfee: answer, "
         "feedback, revision chains; sima: one greedy plus sampled responses; single: n samples; or "
-        "'package.module:Name' for your own (datagen.turns.MODES)",
+        "'package.module:Name' for your own (datagen.modes)",
     )
     n: int = Field(4, ge=1, description="samples per prompt")
     max_tokens: int = Field(256, ge=1, description="new tokens per turn")
@@ -188,8 +190,6 @@ class GenerateConfig(Strict):
     @field_validator("mode")
     @classmethod
     def _known_mode(cls, mode: str) -> str:
-        from datagen.turns import MODES  # the modes import this module
-
         MODES.get(mode)  # ValueError naming the known ones
         return mode
 

@@ -14,9 +14,9 @@ import re
 from typing import Any
 
 from datagen.config import GenerateConfig
+from datagen.modes import MODES
 from datagen.records import Prompt
 from datagen.turns import (
-    MODES,
     Complete,
     Completion,
     Request,

@@ -2,7 +2,7 @@
 
 Each mode turns a shard of prompts into sample rows by issuing *steps*: a step is one batch of
 chat requests completed together (so the engine sees the whole shard at once), and the next
-step's requests depend on the previous step's answers. Modes are registered by name (``MODES``):
+step's requests depend on the previous step's answers. Modes are registered by name (``datagen.modes``):
 
 - ``single``: n samples (Self-Contrast).
 - ``sima``: sample 0 greedy, samples 1..n-1 sampled (SIMA).
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from datagen.config import GenerateConfig
+from datagen.modes import MODES
 from datagen.records import Prompt
-from datagen.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,6 @@ class Completion:
 
 
 Complete = Callable[[list[Request]], list[list[Completion]]]
-
-#: mode name -> ``mode(prompts, cfg, complete, *, model, seed, teach) -> rows``; ``generate.mode`` names one
-#: (or ``"package.module:Name"``). SelFee's registers itself from datagen.selfee.
-Mode = Callable[..., list[dict[str, Any]]]
-MODES: Registry[Mode] = Registry("generate mode", builtins=("datagen.selfee",))
 
 
 def derive_seed(seed: int, prompt_id: str, turn: str, sample_idx: int = -1) -> int:

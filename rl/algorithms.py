@@ -10,32 +10,11 @@ Each method imports its module when called, so naming an algorithm costs no impo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-from datagen.config import GenerateConfig, PromptsConfig
 from datagen.registry import Registry
-from datagen.shards import StageDir
 from datagen.storage import Location
-from judges.config import JudgeSettings
-from rl.config import TrainConfig
-
-
-@dataclass(frozen=True)
-class TrainInputs:
-    """What a training algorithm may read of a run: the narrow parts of the config, and the build's output."""
-
-    train: TrainConfig
-    model: str  # as the config names it
-    model_path: str  # resolved to a local folder
-    build: StageDir  # the build stage's output (offline algorithms)
-    prompts: PromptsConfig  # the training prompts (on-policy algorithms)
-    generate: GenerateConfig
-    judges: dict[str, JudgeSettings]
-    seed: int
-    judge_cache: Path  # where an API judge without a cache_dir of its own caches its answers
-    done: bool  # the train stage has finished already: its output is only compared by fingerprint
+from rl.config import TrainConfig, TrainInputs
 
 
 class Plan(Protocol):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from datagen.config import PromptsConfig, Strict
-from judges.config import JudgesConfig
+from datagen.config import GenerateConfig, PromptsConfig, Strict
+from datagen.shards import StageDir
+from judges.config import JudgesConfig, JudgeSettings
 
 
 class BuildConfig(Strict):
@@ -170,7 +173,7 @@ class TrainConfig(Strict):
     algorithm: str = Field(
         "dpo",
         description="dpo: preference pairs; sft: messages; score: SCoRe's on-policy RL (train.score); or "
-        "'package.module:Name' for your own (rl.algorithms)",
+        "'package.module:Name' for your own (rl.algorithms; the run's config checks the name)",
     )
     score: ScoreConfig = ScoreConfig()
     lora: LoraConfig = LoraConfig()
@@ -220,14 +223,6 @@ class TrainConfig(Strict):
     merge: bool = Field(True, description="also save the LoRA adapter merged into the base model")
     seed: int = 0
 
-    @field_validator("algorithm")
-    @classmethod
-    def _known_algorithm(cls, algorithm: str) -> str:
-        from rl.algorithms import ALGORITHMS  # it imports this module
-
-        ALGORITHMS.get(algorithm)  # ValueError naming the known ones
-        return algorithm
-
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.algorithm == "sft" and self.sft_beta:
@@ -240,6 +235,22 @@ class TrainConfig(Strict):
     def global_batch(self) -> int:
         """Pairs per optimizer step over all workers."""
         return self.batch_size * self.grad_accum * self.num_workers
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    """What a training algorithm may read of a run: the narrow parts of the config, and the build's output."""
+
+    train: TrainConfig
+    model: str  # as the config names it
+    model_path: str  # resolved to a local folder
+    build: StageDir  # the build stage's output (offline algorithms)
+    prompts: PromptsConfig  # the training prompts (on-policy algorithms)
+    generate: GenerateConfig
+    judges: dict[str, JudgeSettings]
+    seed: int
+    judge_cache: Path  # where an API judge without a cache_dir of its own caches its answers
+    done: bool  # the train stage has finished already: its output is only compared by fingerprint
 
 
 LABEL_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"

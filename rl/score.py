@@ -29,8 +29,7 @@ from datagen.config import GenerateConfig
 from datagen.records import Prompt
 from datagen.shards import STAGE_FILE, SUCCESS_FILE, StageDir, StageInputError, atomic_write_bytes
 from judges.config import JudgeSettings
-from rl.algorithms import TrainInputs
-from rl.config import TrainConfig
+from rl.config import TrainConfig, TrainInputs
 from rl.raytrain import METRICS_FILE, PROGRESS_FILE, local_folder, make_trainer, publish_final, step_bar
 from rl.score_recipe import ROLLOUT_DIR, ScoreLoopConfig, _pull_metrics, score_loop
 

@@ -40,9 +40,8 @@ from datagen.shards import STAGE_FILE, SUCCESS_FILE, StageDir, atomic_write_json
 from datagen.storage import Location, ObjectPath, read_json, upload_folder
 
 # The seams this module was split along; their names stay importable from here.
-from rl.algorithms import TrainInputs
 from rl.checks import _token_lengths, check_data, check_lora_targets  # noqa: F401
-from rl.config import TrainConfig
+from rl.config import TrainConfig, TrainInputs
 from rl.raytrain import (  # noqa: F401
     FINAL_MARKER,
     METRICS_FILE,

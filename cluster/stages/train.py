@@ -21,7 +21,7 @@ def _algorithm(cfg: Config) -> Any:
 def _prepare(cfg: Config) -> Any:
     """The algorithm's checks before Ray Train starts (``StageInputError``: exit 2), and its plan."""
     from datagen.models import resolve_model
-    from rl.algorithms import TrainInputs
+    from rl.config import TrainInputs
 
     inputs = TrainInputs(
         train=cfg.train,

@@ -16,7 +16,6 @@ from cluster.runtime import (
     describe_nodes,
     infeasible,
     pack,
-    stage_demands,
 )
 
 ROOT = Path(__file__).parents[2]
@@ -80,6 +79,12 @@ def test_an_autoscaler_is_told_by_its_node_types():
                                       "node_type_mapping": {"ff00": "ray.head.default", "ff01": "gpu_workers"}}}
     assert configured_node_types(launcher) == {"ray.head.default", "gpu_workers"}
     assert configured_node_types({"gcs_request_time": 0.1}) == set()  # no autoscaler report yet
+
+
+def stage_demands(cfg, name):
+    from cluster.stages import STAGES
+
+    return STAGES[name].demands(cfg)
 
 
 def test_each_stage_names_its_keys():

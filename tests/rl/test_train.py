@@ -100,8 +100,10 @@ def test_grouped_sampler_random_sizes_keep_length_and_adjacency():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError):
-        TrainConfig(algorithm="ppo")
+    from cluster.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="algorithm: unknown training algorithm 'ppo'"):
+        load_config(None, ["train.algorithm=ppo"])
     with pytest.raises(ValueError):
         TrainConfig(algorithm="sft", sft_beta=0.1)
     with pytest.raises(ValueError):
