@@ -23,7 +23,14 @@ REVIEW_PROMPTS = {
         "There might be an error in the solution above because of lack of understanding of the "
         "question. Please correct the error, if any, and rewrite the solution."
     ),
+    # SCoRe's for code (MBPP, HumanEval).
+    "score_code": (
+        "There might be an error in the code above because of lack of understanding of the question. "
+        "Please correct the error, if any, and rewrite the solution. Only output the final correct Python program!"
+    ),
 }
+# An instruction's own version for code prompts, where its paper has one.
+CODE_REVIEW_PROMPTS = {"score": "score_code"}
 
 
 class Strict(BaseModel):
@@ -203,5 +210,7 @@ class GenerateConfig(Strict):
             raise ValueError("sima mode needs n >= 2 (one greedy plus sampled responses)")
         return self
 
-    def review_text(self) -> str:
-        return REVIEW_PROMPTS.get(self.review_prompt, self.review_prompt)
+    def review_text(self, task: str | None = None) -> str:
+        """The review instruction's text, for a prompt of ``task`` (a code prompt gets the code version)."""
+        name = CODE_REVIEW_PROMPTS.get(self.review_prompt) if task == "code" else None
+        return REVIEW_PROMPTS.get(name or self.review_prompt, self.review_prompt)

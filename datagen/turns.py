@@ -205,9 +205,9 @@ def two_attempts(
         ]
     )  # fmt: skip
     rows = _first_rows(prompts, firsts, cfg, model, seed)
-    review = cfg.review_text()
     second_t = cfg.temperature if cfg.second_temperature is None else cfg.second_temperature
     for row in rows:
+        review = cfg.review_text(row["task"])
         row["conversation"] += _turns(("user", review))
         row["review_prompt"] = review
     outs2 = complete(

@@ -86,6 +86,14 @@ class SeedShapingConfig(Strict):
     unchanged: float = -1.0
 
 
+class DynamicSamplingConfig(Strict):
+    """Prompts whose episodes all get the same shaped rewards carry no gradient under RLOO: drop them and
+    sample more prompts, up to ``max_rounds`` more batches per step (DAPO's dynamic sampling, Yu et al. 2025)."""
+
+    enabled: bool = True
+    max_rounds: int = Field(3, ge=0, description="extra batches of prompts_per_step prompts a step may sample")
+
+
 class ScoreConfig(Strict):
     """SCoRe (Kumar et al. 2024, arXiv 2409.12917): two-stage multi-turn RL on on-policy vLLM rollouts.
 
@@ -98,7 +106,12 @@ class ScoreConfig(Strict):
     prompts_per_step: int = Field(32, ge=1, description="prompts per update; each gives n episodes (the paper: "
                                   "512 episodes per batch)")  # fmt: skip
     n: int = Field(4, ge=1, description="episodes per prompt (attempt 1 -> correction -> attempt 2); RLOO needs >= 2")
-    temperature: float = Field(1.0, ge=0, description="both attempts (the paper: 1.0)")
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        description="both attempts (the paper: 1.0); the trainer's log-probs are of softmax(logits / temperature), "
+        "the distribution the engines sample",
+    )
     max_tokens: int | None = Field(None, ge=1, description="new tokens per attempt (default: generate.max_tokens)")
     review_prompt: str = Field("score", description="the correction instruction: 'score', 'scl' or your text")
     judge: str = Field("verifier", description="the judge (a name under judges:) whose scores are the rewards")
@@ -120,11 +133,24 @@ class ScoreConfig(Strict):
         "[-10, 10]) or 'package.module:Name' (rl.score_math.KL_ESTIMATORS)",
     )
     kl_in: Literal["loss", "reward"] = Field(
-        "loss", description="loss: beta * KL added to the loss; reward: beta * sum of k1 subtracted from the reward"
+        "reward",
+        description="reward: beta * the attempt's sum of k1 subtracted from its reward, the exact gradient of "
+        "KL(pi || pi_ref) (the estimator then only reports); loss: beta * the estimator added to the loss per token "
+        "(k2: each token's KL, blind to later tokens; k3, low_var_kl: the reverse KL's gradient; see rl.score_math)",
     )
     loss_agg: Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"] = Field(
-        "token_mean", description="how token terms become the loss of an attempt"
+        "seq_mean_token_sum",
+        description="how token terms become the loss: seq_mean_token_sum sums each attempt's tokens and averages "
+        "over episodes, so both attempts of an episode count as the paper sums them; token_mean divides each "
+        "attempt by its own token count (a short attempt weighs more per token)",
     )
+    importance: Literal["tis", "none"] = Field(
+        "tis",
+        description="tis: each token's term weighted by min(pi / pi_engine, tis_cap) from the engine's log-probs "
+        "(on-policy in expectation with overlap's lag and the engine's own numerics); none: no weights",
+    )
+    tis_cap: float = Field(2.0, ge=1, description="the cap of the truncated importance weight (veRL's default)")
+    dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
     micro_batch: int = Field(4, ge=1, description="sequences per forward pass")
     max_policy_lag: int = Field(1, ge=0, description="updates a rollout's weights may be behind the trainer's")
     overlap: bool = Field(
@@ -160,6 +186,11 @@ class ScoreConfig(Strict):
             raise ValueError("overlap samples with weights one update old: it needs max_policy_lag >= 1")
         if self.baseline == "rloo" and self.n < 2:
             raise ValueError("baseline rloo needs n >= 2 episodes per prompt")
+        if self.kl_in == "loss" and self.kl_estimator == "k1":
+            raise ValueError(
+                "kl_estimator k1 with kl_in: loss has an expected gradient of 0 (E[grad log pi] = 0): use kl_in: "
+                "reward (exact with k1) or another estimator"
+            )
         return self
 
     @property

@@ -100,14 +100,35 @@ class EpisodeBatch:
     are than the trainer's when it trains on them."""
 
     episodes: list[Episode]
-    version: int = 0  # the weights version that sampled it
     lag: int = 0
     flags: dict[str, int] = field(default_factory=dict)
     rollout: RolloutStats = field(default_factory=RolloutStats)
+    no_gradient: set[str] = field(default_factory=set)  # prompts left out of the update by dynamic sampling
+    sampling: dict[str, float] = field(default_factory=dict)  # what dynamic sampling drew, for the metrics
+
+    def extend(self, other: EpisodeBatch) -> None:
+        """Add another round's episodes (dynamic sampling), its flags and its costs."""
+        self.episodes += other.episodes
+        for k, v in other.flags.items():
+            self.flags[k] = self.flags.get(k, 0) + v
+        a, b = self.rollout, other.rollout
+        a.seconds, a.tokens, a.redone = a.seconds + b.seconds, a.tokens + b.tokens, a.redone + b.redone
+        a.judge_seconds += b.judge_seconds
+
+    @property
+    def version(self) -> int:
+        """The oldest weights version among its episodes (an engine restarted mid-batch samples the rest with
+        newer ones): the lag is counted from it."""
+        return min((e.version for e in self.episodes), default=0)
 
     @property
     def valid(self) -> list[Episode]:
         return [e for e in self.episodes if not e.flagged]
+
+    @property
+    def trained(self) -> list[Episode]:
+        """The episodes the update trains on: valid, of prompts that carry a gradient."""
+        return [e for e in self.episodes if not e.flagged and e.prompt_id not in self.no_gradient]
 
     def accuracy(self, j: int) -> float:
         """Mean reward of attempt ``j`` over the valid episodes (NaN when there are none)."""
@@ -125,8 +146,8 @@ class EpisodeBatch:
                 "sample_idx": e.sample_idx, "version": e.version, "y1_text": e.first.text,
                 "y1_finish": e.first.finish, "y2_text": e.second.text, "y2_finish": e.second.finish,
                 "score1": e.first.score, "score2": e.second.score, "reward1": e.first.reward,
-                "reward2": e.second.reward, "flagged": e.flagged, "tokens1": len(e.first.tokens),
-                "tokens2": len(e.second.tokens),
+                "reward2": e.second.reward, "flagged": e.flagged, "no_gradient": e.prompt_id in self.no_gradient,
+                "tokens1": len(e.first.tokens), "tokens2": len(e.second.tokens),
             }  # fmt: skip
             for e in self.episodes
         ]

@@ -38,11 +38,14 @@ def pad_batch(seqs: list[Sequence], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 
 def token_logprobs(
-    model: Any, seqs: list[Sequence], pad_id: int, device: Any, entropy: bool = False
+    model: Any, seqs: list[Sequence], pad_id: int, device: Any, entropy: bool = False, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(logp, mask, entropy or None), each (B, L-1): each completion token's log-probability given what came
     before it, 0 elsewhere; the entropy of the next-token distribution at the same positions, without a
     gradient. Differentiable in ``model``'s parameters (a PEFT model's base runs with its adapters).
+
+    ``temperature``: of the distribution softmax(logits / temperature), the one a sampler at that
+    temperature draws from.
     """
     ids, attn, mask = pad_batch(seqs, pad_id)
     ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
@@ -50,6 +53,8 @@ def token_logprobs(
     hidden = base.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
     where = mask.bool()
     logits = base.get_output_embeddings()(hidden[where]).float()  # (completion tokens, vocab)
+    if temperature != 1.0:
+        logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
     picked = logits.gather(-1, ids[:, 1:][where][:, None]).squeeze(-1) - lse
     logp = torch.zeros(mask.shape, dtype=picked.dtype, device=device).masked_scatter(where, picked)

@@ -72,7 +72,8 @@ class RolloutWorker:
         self.seed = seed
         self.sync = sync
         self.model_name = model_name  # as the config names it: the sample rows' ``model``
-        extra: dict[str, Any] = {"worker_extension_cls": EXTENSION}
+        # the log-probs of the distribution sampled from (temperature applied), which the trainer's are of
+        extra: dict[str, Any] = {"worker_extension_cls": EXTENSION, "logprobs_mode": "processed_logprobs"}
         if sync == "adapter":
             rank = next((r for r in VLLM_LORA_RANKS if r >= (lora_rank or 8)), VLLM_LORA_RANKS[-1])
             extra.update(enable_lora=True, max_lora_rank=rank, max_loras=1)
@@ -323,23 +324,24 @@ class RolloutClient:
 
     # --- sampling ----------------------------------------------------------------------------
     def submit(self, step: int, prompts: list[dict[str, Any]], version: int, n: int, temperature: float,
-               review: str) -> None:  # fmt: skip
-        """Start sampling ``step``'s batch (prompts split over the actors); ``collect`` waits for it."""
+               review: str, round: int = 0) -> None:  # fmt: skip
+        """Start sampling batch ``round`` of ``step`` (prompts split over the actors); ``collect`` waits for it."""
         chunks = [prompts[i :: len(self.actors)] for i in range(len(self.actors))]
         args = {"step": step, "version": version, "n": n, "temperature": temperature, "review": review}
         refs = [
             a.rollout.remote(chunk, **args) if chunk else None for a, chunk in zip(self.actors, chunks, strict=True)
         ]
-        self.pending[step] = (refs, version, chunks, args)
+        self.pending[step, round] = (refs, version, chunks, args)
 
-    def collect(self, step: int, model: Any, version_now: int) -> EpisodeBatch:
-        """The batch of ``step``, every actor's part; a restarted or stale engine is synced and its part redone.
+    def collect(self, step: int, model: Any, version_now: int, round: int = 0) -> EpisodeBatch:
+        """Batch ``round`` of ``step``, every actor's part; a restarted or stale engine is synced and its part
+        redone (with the current weights when the batch's are gone: its episodes say which version made them).
 
         ``model``/``version_now`` are the trainer's current weights, sent to an engine that lost them.
         """
         import ray
 
-        refs, version, chunks, args = self.pending.pop(step)
+        refs, version, chunks, args = self.pending.pop((step, round))
         episodes: list[Episode] = []
         stats = RolloutStats()
         for i, (actor, chunk) in enumerate(zip(self.actors, chunks, strict=True)):
@@ -365,7 +367,7 @@ class RolloutClient:
                 stats.tokens += out["tokens"]
                 stats.seconds = max(stats.seconds, out["seconds"])
                 ref = None
-        return EpisodeBatch(episodes, version=version, rollout=stats)
+        return EpisodeBatch(episodes, rollout=stats)
 
     def _wait_ready(self, actor: Any) -> None:
         import ray

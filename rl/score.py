@@ -59,6 +59,11 @@ def check_score(cfg: TrainConfig, judges: dict[str, JudgeSettings], model_path: 
             "train.score.weight_sync: nccl needs GPUs on both sides (train.use_gpu and generate.engine.num_gpus); "
             "use blob on CPU"
         )
+    # the trainer's log-probs are of the whole softmax(logits / temperature): a truncated sampler is another policy
+    if generate.top_p < 1:
+        raise StageInputError(f"generate.top_p {generate.top_p:g}: SCoRe trains on untruncated sampling; set it to 1")
+    if generate.top_k > 0:
+        raise StageInputError(f"generate.top_k {generate.top_k}: SCoRe trains on untruncated sampling; set it to -1")
     check_lora_targets(cfg, model_path)
 
 
@@ -252,6 +257,10 @@ def run_score(
     }
     for key in ("sync_seconds", "sync_bytes", "rollout_tokens_per_s", "train_seconds", "step_seconds"):
         values = [r[key] for r in log if isinstance(r.get(key), (int, float)) and r.get(key)]
+        summary[f"mean_{key}"] = fmean(values) if values else None
+    # dynamic sampling: the share of prompts (and of batches) with a gradient, before and after it drew more
+    for key in ("gradient_fraction_first_round", "gradient_fraction", "batch_has_gradient", "prompts_drawn"):
+        values = [r[key] for r in log if isinstance(r.get(key), (int, float))]
         summary[f"mean_{key}"] = fmean(values) if values else None
     out.mark_done(summary)
     print(f"[score] kept the {summary['kept']} weights (step {summary['kept_step']})", file=sys.stderr)

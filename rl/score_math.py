@@ -14,6 +14,15 @@ own reward (gamma = 0, Table 5), r(y) in [0, 1] from a judge (binary in the pape
 Tensors here are per token, shape (sequences, tokens), with a 0/1 ``mask`` over each attempt's own
 tokens; ``logp`` and ``ref_logp`` are the log-probabilities of the sampled tokens under the policy
 and the reference.
+
+Which KL terms have the gradient of the paper's KL(pi || pi_ref) of a whole attempt? With
+d_t = logp_t - ref_logp_t and y ~ pi, grad KL = E[(sum_t d_t) grad log pi(y)]: the sequence's k1 sum
+in its reward, baselined like the reward (``kl_in: reward``, ``kl_penalty``) is exact, whatever
+estimator the logs show. In the loss, a token's estimate is differentiated as a function of the
+sampled token alone: k2 gives E[sum_t d_t grad log pi_t], the KL of each token's distribution, which
+leaves out how an early token changes the later tokens' KL; k3 (and low_var_kl) gives
+-E_{pi_ref}[grad log pi] per token, the gradient of the reverse KL(pi_ref || pi); k1's expected
+gradient is 0 (E[grad log pi] = 0), so k1 in the loss is refused.
 """
 
 from __future__ import annotations
@@ -189,17 +198,43 @@ def policy_loss(
     kl_in_loss: bool = True,
     agg: str = "token_mean",
     denominator: float = 1.0,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """REINFORCE with a per-attempt reward (gamma = 0) and a KL term: (loss, pg part, KL part).
 
-    loss = agg(-A_i * logp_it) + beta * agg(KL_it)   with the KL term only when ``kl_in_loss``
+    loss = agg(-w_it * A_i * logp_it) + beta * agg(w_it * KL_it)   with the KL term only when ``kl_in_loss``
     (otherwise the KL is already in the reward, see ``kl_penalty``). ``advantages`` has one value per
-    sequence. The gradient of -A * logp is the score-function estimator of -E[A].
+    sequence. The gradient of -A * logp is the score-function estimator of -E[A]; ``weights`` w (no
+    gradient; 1 when None) are importance weights of tokens sampled by another policy
+    (``truncated_importance_weights``).
     """
-    pg = aggregate(-advantages[:, None] * logp, mask, agg, denominator)
-    kl = aggregate(kl_estimate(logp, ref_logp, estimator), mask, agg, denominator)
+    w = torch.ones_like(logp) if weights is None else weights.detach()
+    pg = aggregate(-advantages[:, None] * logp * w, mask, agg, denominator)
+    kl = aggregate(kl_estimate(logp, ref_logp, estimator) * w, mask, agg, denominator)
     loss = pg + beta * kl if kl_in_loss and beta else pg
     return loss, pg, kl
+
+
+def truncated_importance_weights(
+    logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """Per-token truncated importance weights w_t = min(pi(y_t) / mu(y_t), cap), without a gradient.
+
+    ``behaviour_logp`` are the log-probabilities under the policy mu that sampled the tokens (the
+    engine's: the weights of an update ago with ``overlap``, another dtype or kernel always); NaN where
+    unknown, which gets weight 1. Weighting each token's policy-gradient term by w keeps the update
+    on-policy in expectation (truncated importance sampling, TIS: Yao et al. 2025, "Your Efficient RL
+    Framework Secretly Brings You Off-Policy RL Training"; veRL's and OpenRLHF's ``tis_imp_ratio_cap``);
+    the cap bounds the variance a rare token could add.
+
+    >>> truncated_importance_weights(torch.tensor([[0.0, -1.0]]), torch.tensor([[-1.0, float("nan")]]),
+    ...                              torch.ones(1, 2), cap=2.0).tolist()
+    [[2.0, 1.0]]
+    """
+    with torch.no_grad():
+        known = ~torch.isnan(behaviour_logp)
+        ratio = torch.exp(logp.detach() - torch.where(known, behaviour_logp, logp.detach()))
+        return torch.where(known & (mask > 0), ratio.clamp(max=cap), torch.ones_like(ratio))
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

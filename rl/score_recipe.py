@@ -40,7 +40,7 @@ from rl.config import TrainConfig
 from rl.episodes import EpisodeBatch, flag
 from rl.raytrain import FINAL_MARKER, METRICS_FILE, PROGRESS_FILE, append_line
 from rl.score_math import check_lag, kept_candidate
-from rl.score_step import Policy, StepStats, Workers, train_step
+from rl.score_step import Policy, StepStats, Workers, prompts_with_signal, train_step
 from rl.trl_bridge import _peft_config
 
 ROLLOUT_DIR = "rollouts"
@@ -100,6 +100,20 @@ def step_prompts(num_prompts: int, per_step: int, step: int, seed: int) -> list[
     return out
 
 
+def extra_prompts(num_prompts: int, per_step: int, step: int, round: int, seed: int, drawn: set[int]) -> list[int]:
+    """Indices of the prompts of round ``round`` >= 1 of ``step`` (dynamic sampling): the first ``per_step`` of a
+    shuffle seeded by (seed, step, round) that this step has not drawn yet; a resumed run draws the same.
+
+    >>> extra_prompts(6, 2, 0, 1, 0, {0, 1}) == extra_prompts(6, 2, 0, 1, 0, {0, 1})
+    True
+    >>> set(extra_prompts(4, 4, 0, 1, 0, {0, 1}))
+    {2, 3}
+    """
+    order = list(range(num_prompts))
+    random.Random(f"{seed}/{step}/{round}").shuffle(order)
+    return [i for i in order if i not in drawn][:per_step]
+
+
 class EpisodeSource:
     """Rank 0's supply of judged batches: the step's prompts, the rollout engines, the judge."""
 
@@ -112,14 +126,49 @@ class EpisodeSource:
         self.judge = JudgeWorker({self.s.judge: c.judge.model_dump()})
         self.scale = score_scale(c.judge)
 
-    def submit(self, step: int, version: int) -> None:
-        rows = [self.c.prompts[i].to_row() for i in step_prompts(len(self.c.prompts), self.s.prompts_per_step, step,
-                                                                  self.c.train.seed)]  # fmt: skip
-        self.client.submit(step, rows, version, self.s.n, self.s.temperature, self.s.review_prompt)
+    def submit(self, step: int, version: int, indices: list[int] | None = None, round: int = 0) -> None:
+        """Start sampling round ``round`` of ``step``: the step's prompts (``step_prompts``) or ``indices``."""
+        c, s = self.c, self.s
+        if indices is None:
+            indices = step_prompts(len(c.prompts), s.prompts_per_step, step, c.train.seed)
+        rows = [c.prompts[i].to_row() for i in indices]
+        self.client.submit(step, rows, version, s.n, s.temperature, s.review_prompt, round=round)
 
-    def collect(self, step: int, model: Any, version: int) -> EpisodeBatch:
+    def collect(self, step: int, model: Any, version: int, round: int = 0) -> EpisodeBatch:
         """The batch of ``step`` as the engines sampled it (an engine that lost the weights gets ``model``'s)."""
-        return self.client.collect(step, model, version)
+        return self.client.collect(step, model, version, round=round)
+
+    def fill(self, batch: EpisodeBatch, step: int, stage: int, model: Any, version: int) -> None:
+        """Dynamic sampling: while fewer than ``prompts_per_step`` of the prompts drawn carry a gradient, sample
+        and judge ``prompts_per_step`` more (at most ``max_rounds`` times); the update trains on the first
+        ``prompts_per_step`` that do. Disabled, it only counts them."""
+        c, s = self.c, self.s
+        ds = s.dynamic_sampling
+        index = {p.prompt_id: i for i, p in enumerate(c.prompts)}
+        drawn = {index[e.prompt_id] for e in batch.episodes}
+        signal = prompts_with_signal(batch.episodes, stage, s)
+        first = len(signal) / len(drawn) if drawn else 0.0
+        rounds = 0
+        while ds.enabled and len(signal) < s.prompts_per_step and rounds < ds.max_rounds:
+            more = extra_prompts(len(c.prompts), s.prompts_per_step, step, rounds + 1, c.train.seed, drawn)
+            if not more:
+                break
+            rounds += 1
+            self.submit(step, version, more, round=rounds)
+            extra = self.collect(step, model, version, round=rounds)
+            self.score(extra)
+            batch.extend(extra)
+            drawn |= set(more)
+            signal = prompts_with_signal(batch.episodes, stage, s)
+        keep = signal[: s.prompts_per_step]
+        if ds.enabled:
+            batch.no_gradient = {e.prompt_id for e in batch.episodes} - set(keep)
+        batch.sampling = {
+            "prompts_drawn": len(drawn), "prompts_with_gradient": len(signal),
+            "prompts_trained": len(keep) if ds.enabled else len(drawn), "sampling_rounds": rounds,
+            "gradient_fraction_first_round": first, "gradient_fraction": len(signal) / len(drawn) if drawn else 0.0,
+            "batch_has_gradient": float(bool(signal)),
+        }  # fmt: skip
 
     def score(self, batch: EpisodeBatch) -> None:
         """Both attempts of every episode scored by the judge stage's worker, as the judge stage scores
@@ -172,6 +221,16 @@ def _pull_metrics(uri: str | None, local: Path) -> None:
         atomic_write_bytes(local, storage.read_bytes(storage.as_location(uri)))
 
 
+def make_scheduler(optimizer: Any, t: TrainConfig) -> Any:
+    """``train.scheduler`` over SCoRe's steps, ``train.warmup_ratio`` of them warming up (transformers'
+    schedulers, as DPO/SFT use them)."""
+    from transformers import get_scheduler
+
+    total = t.score.total_steps
+    return get_scheduler(t.scheduler, optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total),
+                         num_training_steps=total)  # fmt: skip
+
+
 class ScoreRecipe:
     """The SCoRe loop of one Ray Train worker, resumable from the last reported checkpoint."""
 
@@ -211,10 +270,11 @@ class ScoreRecipe:
                 p.requires_grad_(False)
         if t.gradient_checkpointing:  # non-reentrant: gradients reach LoRA weights behind frozen embeddings
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.policy = Policy(model, ref, pad_id, device)
+        self.policy = Policy(model, ref, pad_id, device, self.s.temperature)
         self.optimizer = torch.optim.AdamW(  # Adam when weight_decay is 0, as the paper
             self.policy.trainable(), lr=t.lr, weight_decay=t.weight_decay
         )
+        self.scheduler = make_scheduler(self.optimizer, t)
 
     def resume(self) -> bool:
         """Load the last reported checkpoint, if any; False when it is the final one (reported again: done)."""
@@ -231,6 +291,8 @@ class ScoreRecipe:
                 self.state = TrainState(**json.loads((d / STATE_FILE).read_text()))
                 _load_trainable(self.policy.model, safetensors.torch.load_file(str(d / "trainable.safetensors")))
                 self.optimizer.load_state_dict(torch.load(d / "optimizer.pt", weights_only=False))
+                if (d / "scheduler.pt").exists():
+                    self.scheduler.load_state_dict(torch.load(d / "scheduler.pt", weights_only=False))
                 if (d / "best.safetensors").exists():
                     self.best_weights = safetensors.torch.load_file(str(d / "best.safetensors"))
         if self.workers.rank == 0:
@@ -242,17 +304,20 @@ class ScoreRecipe:
         return True
 
     # --- a step --------------------------------------------------------------------------------
-    def _next_batch(self, step: int) -> EpisodeBatch:
-        """Rank 0 collects and judges the batch of ``step`` (and starts the next with ``overlap``); every
-        worker gets it."""
+    def _next_batch(self, step: int, stage: int) -> EpisodeBatch:
+        """Rank 0 collects and judges the batch of ``step`` (and starts the next with ``overlap``), samples more
+        where dynamic sampling needs it; every worker gets it."""
         payload: list[Any] = [None]
         if self.workers.rank == 0:
             assert self.source is not None
-            batch = self.source.collect(step, self.policy.model, self.state.version)
-            batch.lag = check_lag(batch.version, self.state.version, self.s.max_policy_lag)
+            version = self.state.version
+            batch = self.source.collect(step, self.policy.model, version)
+            check_lag(batch.version, version, self.s.max_policy_lag)
             if self.s.overlap and step + 1 < self.s.total_steps:
-                self.source.submit(step + 1, self.state.version)  # sampled during this update: one version behind
+                self.source.submit(step + 1, version)  # sampled during this update: one version behind
             self.source.score(batch)
+            self.source.fill(batch, step, stage, self.policy.model, version)
+            batch.lag = check_lag(batch.version, version, self.s.max_policy_lag)  # of its oldest episode
             if batch.lag == 0:
                 batch.rollout.mismatch = logp_mismatch(batch, self.policy)
             payload = [batch]
@@ -279,10 +344,11 @@ class ScoreRecipe:
         started = time.perf_counter()
         total = self.s.total_steps
         stage = 1 if step < self.s.stage1_steps else 2
-        batch = self._next_batch(step)
+        batch = self._next_batch(step, stage)
         window = self._keep(batch, step)
         train_started = time.perf_counter()
-        stats = train_step(self.policy, self.optimizer, batch.episodes, stage, self.t, self.workers)
+        stats = train_step(self.policy, self.optimizer, batch.trained, stage, self.t, self.workers)
+        self.scheduler.step()
         train_seconds = time.perf_counter() - train_started
         self.state.version += 1
         self.state.step = step + 1
@@ -314,14 +380,15 @@ class ScoreRecipe:
             "delta_i2c": i2c / len(valid) if valid else float("nan"),
             "delta_c2i": c2i / len(valid) if valid else float("nan"),
             "reward_window": window, "episodes": len(batch.episodes), "flagged": len(batch.episodes) - len(valid),
-            **{f"flagged_{k}": v for k, v in batch.flags.items()},
+            **{f"flagged_{k}": v for k, v in batch.flags.items()}, "episodes_trained": len(batch.trained),
+            **batch.sampling,
             **numbers, "loss": numbers["pg_loss"], "policy_lag": batch.lag, "version": self.state.version,
             "rollout_seconds": ro.seconds, "rollout_tokens": ro.tokens,
             "rollout_tokens_per_s": ro.tokens / ro.seconds if ro.seconds else 0.0,
             "rollouts_redone": ro.redone, "engine_restarts": self.source.client.restarts if self.source else 0,
             "judge_seconds": ro.judge_seconds, "logp_mismatch": ro.mismatch,
             "train_seconds": train_seconds, "sync_seconds": sync["seconds"], "sync_bytes": sync["bytes"],
-            "step_seconds": time.perf_counter() - started, "learning_rate": self.t.lr,
+            "step_seconds": time.perf_counter() - started,
         }  # fmt: skip
 
     def _log(self, record: dict[str, Any], stats: StepStats, batch: EpisodeBatch, sync: dict[str, Any]) -> None:
@@ -357,6 +424,7 @@ class ScoreRecipe:
             d = Path(tmp)
             safetensors.torch.save_file(_trainable_state(self.policy.model), str(d / "trainable.safetensors"))
             torch.save(self.optimizer.state_dict(), d / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), d / "scheduler.pt")
             if self.best_weights is not None:
                 safetensors.torch.save_file(self.best_weights, str(d / "best.safetensors"))
             (d / STATE_FILE).write_text(json.dumps(asdict(self.state)))

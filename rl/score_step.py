@@ -17,9 +17,16 @@ from typing import Any
 import torch
 
 from rl.config import ScoreConfig, TrainConfig
-from rl.episodes import Episode
+from rl.episodes import Attempt, Episode
 from rl.logprobs import Sequence, token_logprobs
-from rl.score_math import kl_estimate, kl_penalty, policy_loss, rloo_advantages, shaped_rewards
+from rl.score_math import (
+    kl_estimate,
+    kl_penalty,
+    policy_loss,
+    rloo_advantages,
+    shaped_rewards,
+    truncated_importance_weights,
+)
 
 
 @dataclass
@@ -31,9 +38,10 @@ class Policy:
     ref: Any
     pad_id: int
     device: Any
+    temperature: float = 1.0  # the engines': log-probs are of softmax(logits / temperature)
 
     def logprobs(self, seqs: list[Sequence], entropy: bool = False):
-        return token_logprobs(self.model, seqs, self.pad_id, self.device, entropy)
+        return token_logprobs(self.model, seqs, self.pad_id, self.device, entropy, self.temperature)
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[Any]:
@@ -45,7 +53,7 @@ class Policy:
 
     def ref_logprobs(self, seqs: list[Sequence]) -> torch.Tensor:
         with torch.no_grad(), self.reference() as ref:
-            return token_logprobs(ref, seqs, self.pad_id, self.device, False)[0]
+            return token_logprobs(ref, seqs, self.pad_id, self.device, False, self.temperature)[0]
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -84,8 +92,8 @@ class Workers:
 @dataclass
 class StepStats:
     """What one update reports: per attempt t1/t2 the mean KL estimate and entropy per token, and the mean
-    shaped reward; the summed policy-gradient loss; the gradient norm before clipping; with ``kl_in: reward``
-    the mean per-sequence KL penalty (before beta)."""
+    shaped reward; the summed policy-gradient loss; the gradient norm before clipping; the learning rate of the
+    step; with ``kl_in: reward`` the mean per-sequence KL penalty (before beta)."""
 
     pg_loss: float
     kl_t1: float
@@ -95,6 +103,7 @@ class StepStats:
     grad_norm: float
     shaped_t1: float
     shaped_t2: float
+    learning_rate: float = 0.0  # the rate the optimizer step used
     kl_penalty_t1: float | None = None
     kl_penalty_t2: float | None = None
 
@@ -120,6 +129,21 @@ def shape(episodes: list[Episode], stage: int, s: ScoreConfig) -> dict[int, list
     return {1: r1, 2: r2}
 
 
+def prompts_with_signal(episodes: list[Episode], stage: int, s: ScoreConfig) -> list[str]:
+    """The prompts (in order of appearance) whose valid episodes get an advantage other than 0 on some
+    attempt from the shaped rewards (``shape``, then the baseline): under RLOO a prompt whose episodes all
+    get the same rewards carries no policy gradient (DAPO's dynamic sampling drops such prompts)."""
+    valid = [e for e in episodes if not e.flagged]
+    rewards = shape(valid, stage, s)
+    groups = [e.prompt_id for e in valid]
+    advantages = [rloo_advantages(rewards[j], groups, s.baseline) for j in (1, 2)]
+    out: dict[str, None] = {}
+    for i, e in enumerate(valid):
+        if any(abs(a[i]) > 1e-12 for a in advantages):
+            out[e.prompt_id] = None
+    return list(out)
+
+
 def kl_in_reward(
     policy: Policy, seqs: dict[int, list[Sequence]], s: ScoreConfig, workers: Workers
 ) -> dict[int, list[float]]:
@@ -140,27 +164,43 @@ def kl_in_reward(
     return penalties
 
 
+def engine_logprobs(attempts: list[Attempt], mask: torch.Tensor) -> torch.Tensor:
+    """The engine's log-probability of each token, laid out as ``mask`` (B, L-1); NaN where it gave none."""
+    out = torch.full(mask.shape, float("nan"), dtype=torch.float32)
+    for i, a in enumerate(attempts):
+        where = mask[i].nonzero().squeeze(-1).cpu()
+        n = min(len(where), len(a.logp))
+        if n:
+            out[i, where[:n]] = torch.tensor(a.logp[:n], dtype=torch.float32)
+    return out.to(mask.device)
+
+
 def backward(
-    policy: Policy, seqs: dict[int, list[Sequence]], advantages: dict[int, list[float]], beta: dict[int, float],
+    policy: Policy, attempts: dict[int, list[Attempt]], advantages: dict[int, list[float]], beta: dict[int, float],
     s: ScoreConfig, workers: Workers,
 ) -> torch.Tensor:  # fmt: skip
-    """Phase 4: each micro-batch's log-probs, KL and loss, backward; returns this worker's sums, float64:
-    per attempt (policy-gradient loss, KL estimate, entropy, tokens)."""
+    """Phase 4: each micro-batch's log-probs, KL and loss (each token weighted by its truncated importance
+    weight with ``importance: tis``), backward; returns this worker's sums, float64: per attempt
+    (policy-gradient loss, KL estimate, entropy, tokens)."""
     sums = torch.zeros(8, dtype=torch.float64)  # pg1, kl1, ent1, tok1, pg2, kl2, ent2, tok2
-    episodes = len(seqs[1])
+    episodes = len(attempts[1])
     for j in (1, 2):
-        tokens = sum(len(y) for _, y in seqs[j])
+        tokens = sum(len(a.tokens) for a in attempts[j])
         denom = float(max(1, tokens if s.loss_agg == "token_mean" else episodes))
         for idx in _chunks(workers.share(episodes), s.micro_batch):
-            part = [seqs[j][i] for i in idx]
-            if not any(y for _, y in part):
+            part = [attempts[j][i] for i in idx]
+            if not any(a.tokens for a in part):
                 continue
-            logp, mask, ent = policy.logprobs(part, entropy=True)
-            ref_logp = policy.ref_logprobs(part)
+            seqs = [a.sequence for a in part]
+            logp, mask, ent = policy.logprobs(seqs, entropy=True)
+            ref_logp = policy.ref_logprobs(seqs)
+            weights = None
+            if s.importance == "tis":
+                weights = truncated_importance_weights(logp, engine_logprobs(part, mask), mask, s.tis_cap)
             adv = torch.tensor([advantages[j][i] for i in idx], dtype=torch.float32, device=policy.device)
             loss, pg, _ = policy_loss(
                 logp, ref_logp, mask, adv, beta[j], estimator=s.kl_estimator, kl_in_loss=s.kl_in == "loss",
-                agg=s.loss_agg, denominator=denom,
+                agg=s.loss_agg, denominator=denom, weights=weights,
             )  # fmt: skip
             loss.backward()
             with torch.no_grad():
@@ -189,7 +229,8 @@ def train_step(
     s = t.score
     episodes = [e for e in batch if not e.flagged]
     beta = betas(s, stage)
-    seqs = {j: [e.attempt(j).sequence for e in episodes] for j in (1, 2)}
+    attempts = {j: [e.attempt(j) for e in episodes] for j in (1, 2)}
+    seqs = {j: [a.sequence for a in attempts[j]] for j in (1, 2)}
     rewards = shape(episodes, stage, s)
     penalties = kl_in_reward(policy, seqs, s, workers) if s.kl_in == "reward" else None
     if penalties is not None:  # R_j -= beta_j * sum_t (logp - ref_logp)
@@ -197,7 +238,8 @@ def train_step(
     groups = [e.prompt_id for e in episodes]
     advantages = {j: rloo_advantages(rewards[j], groups, s.baseline) for j in (1, 2)}
     policy.model.train()
-    sums = workers.sum(backward(policy, seqs, advantages, beta, s, workers), policy.device)
+    sums = workers.sum(backward(policy, attempts, advantages, beta, s, workers), policy.device)
+    learning_rate = float(optimizer.param_groups[0]["lr"])
     grad_norm = update(policy, optimizer, t.max_grad_norm, workers)
     pg1, kl1, ent1, tok1, pg2, kl2, ent2, tok2 = sums.tolist()
     return StepStats(
@@ -209,6 +251,7 @@ def train_step(
         grad_norm=grad_norm,
         shaped_t1=fmean(rewards[1]) if episodes else 0.0,
         shaped_t2=fmean(rewards[2]) if episodes else 0.0,
+        learning_rate=learning_rate,
         kl_penalty_t1=fmean(penalties[1]) if penalties and penalties[1] else (0.0 if penalties else None),
         kl_penalty_t2=fmean(penalties[2]) if penalties and penalties[2] else (0.0 if penalties else None),
     )

@@ -125,8 +125,12 @@ def test_score_two_stages_survive_a_dead_engine_and_a_dead_trainer(tmp_path, tin
     flagged = 0
     for i, f in enumerate(files):
         t = pq.read_table(f).to_pylist()
-        assert len(t) == 4 and {r["version"] for r in t} == {i}
-        assert len({(r["prompt_id"], r["sample_idx"]) for r in t}) == 4
+        # dynamic sampling: 2 prompts x 2 episodes, and 2 more prompts a round while fewer than 2 carry a gradient
+        assert len(t) == log[i]["episodes"] == 2 * log[i]["prompts_drawn"] and {r["version"] for r in t} == {i}
+        assert len({(r["prompt_id"], r["sample_idx"]) for r in t}) == len(t)
+        assert log[i]["prompts_drawn"] == 2 * (1 + log[i]["sampling_rounds"])
+        assert log[i]["prompts_trained"] == min(2, log[i]["prompts_with_gradient"])
+        assert sum(1 for r in t if not r["flagged"] and not r["no_gradient"]) == log[i]["episodes_trained"]
         bad = [r for r in t if r["flagged"]]
         # a NaN score flags the episode and is counted, never trained on
         assert all(r["flagged"] == "bad_score" for r in bad)
