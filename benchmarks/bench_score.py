@@ -1,13 +1,16 @@
 """SCoRe's per-step costs: weight sync, rollout tokens/s, trainer time; sync vs overlap; 1 vs 2 engines.
 
     python benchmarks/bench_score.py [--model smollm2-135m-instruct] [--steps 4] [--out runs/bench-score]
-        [--variants blob adapter overlap two_engines]
+        [--variants float32 bfloat16 blob adapter overlap two_engines]
 
 Each variant runs ``selfcorrect train configs/score_quickstart.yaml`` as a subprocess (its own Ray)
-for ``--steps`` steps with a small batch, then reads ``RUN_DIR/train/metrics.jsonl``. The first step
-is left out of the means (it includes the engines' first requests). Reported per variant: mean
-weight-sync seconds and bytes, rollout tokens/s, trainer seconds per update, and the wall time per
-step (``step_seconds``), which is what overlapping rollouts with updates shortens. The generate
+for ``--steps`` steps with a small batch (dynamic sampling off, so every variant samples the same
+number of episodes per step), then reads ``RUN_DIR/train/metrics.jsonl``. The first step is left
+out of the means (it includes the engines' first requests). Reported per variant: mean weight-sync
+seconds and bytes, rollout seconds and tokens/s, judge seconds, trainer seconds per update, the
+engine-vs-trainer log-prob mismatch, and the wall time per step (``step_seconds``), which is what
+overlapping rollouts with updates shortens. ``float32`` and ``bfloat16`` pin the engine's and the
+trainer's dtype (``auto`` picks bfloat16 on CPUs with AMX or AVX512-BF16). The generate
 stage's throughput on the same engine settings is measured once for comparison
 (``selfcorrect generate`` with the same max_tokens and temperature).
 """
@@ -28,6 +31,9 @@ from benchmarks.measure import run_measured  # noqa: E402
 
 CONFIG = ROOT / "configs" / "score_quickstart.yaml"
 VARIANTS: dict[str, list[str]] = {
+    # the weights' dtype, one run after the other on the same machine (name its bf16 flags beside the figures)
+    "float32": ["train.score.weight_sync=blob", "generate.engine.dtype=float32", "train.precision=fp32"],
+    "bfloat16": ["train.score.weight_sync=blob", "generate.engine.dtype=bfloat16", "train.precision=bf16"],
     "blob": ["train.score.weight_sync=blob"],
     "adapter": ["train.score.weight_sync=adapter"],
     "overlap": ["train.score.weight_sync=blob", "train.score.overlap=true"],
@@ -46,6 +52,7 @@ def run_variant(name: str, out: Path, model: str, steps: int, extra: list[str]) 
         f"train.score.stage2_steps={steps - 1}",
         "train.score.prompts_per_step=4",
         "train.score.n=4",
+        "train.score.dynamic_sampling.enabled=false",  # the same rollouts per step in every variant
         *extra,
     ]
     m = run_measured([sys.executable, "-m", "cluster.cli", "train", str(CONFIG), *overrides])
@@ -53,7 +60,8 @@ def run_variant(name: str, out: Path, model: str, steps: int, extra: list[str]) 
         return {"variant": name, "error": m.stderr[-2000:]}
     log = [json.loads(x) for x in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
     later = log[1:] or log
-    keys = ("sync_seconds", "sync_bytes", "rollout_tokens_per_s", "train_seconds", "step_seconds", "rollout_seconds")
+    keys = ("sync_seconds", "sync_bytes", "rollout_tokens_per_s", "train_seconds", "step_seconds", "rollout_seconds",
+            "judge_seconds", "logp_mismatch", "rollout_tokens")
     out_row = {"variant": name, "steps": len(log), "wall_seconds": round(m.seconds, 1)}
     for k in keys:
         values = [r[k] for r in later if r.get(k)]

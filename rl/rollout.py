@@ -66,8 +66,13 @@ class RolloutWorker:
         model_name: str = "",
     ):
         from datagen.engine import VLLMEngine
+        from datagen.hardware import resolve_dtype
 
         self.engine_cfg = EngineConfig.model_validate(engine)
+        # auto resolved here, where the weights live: the trainer sends its weights in this dtype
+        self.dtype = resolve_dtype(self.engine_cfg.dtype, gpu=self.engine_cfg.num_gpus > 0)
+        self.engine_cfg = self.engine_cfg.model_copy(update={"dtype": self.dtype.name})
+        print(f"[score] rollout engine dtype {self.dtype}", flush=True)
         self.gen = GenerateConfig.model_validate(generate)
         self.seed = seed
         self.sync = sync
@@ -93,7 +98,7 @@ class RolloutWorker:
         shutil.rmtree(self.adapter_dir, ignore_errors=True)
 
     def ready(self) -> dict[str, Any]:
-        return {"version": self.version, "pid": os.getpid(), "node": _node_ip()}
+        return {"version": self.version, "pid": os.getpid(), "node": _node_ip(), "dtype": self.dtype.name}
 
     # --- weights -----------------------------------------------------------------------------
     def load_blob(self, blob: bytes, version: int) -> dict[str, Any]:
@@ -183,13 +188,16 @@ def _node_ip() -> str:
 # --- trainer side -----------------------------------------------------------------------------
 
 
-def merged_state_dict(model: Any) -> dict[str, Any]:
-    """The policy's weights in the checkpoint's own names, LoRA deltas merged in (the model is not changed).
+def merged_state_dict(model: Any, dtype: str = "float32") -> dict[str, Any]:
+    """The policy's weights in the checkpoint's own names, LoRA deltas merged in (the model is not changed), in
+    the engine's ``dtype``.
 
-    W = W_base + delta(B, A) for each LoRA layer (peft's ``get_delta_weight``); tied weights once.
+    W = W_base + delta(B, A) for each LoRA layer (peft's ``get_delta_weight``); tied weights once. A tensor
+    already in ``dtype`` is the model's own (no copy): only a merged layer, or a cast, makes a new one.
     """
     import torch
 
+    target = getattr(torch, dtype)
     model = getattr(model, "module", model)
     if not hasattr(model, "peft_config"):
         out, seen = {}, set()
@@ -197,7 +205,7 @@ def merged_state_dict(model: Any) -> dict[str, Any]:
             if tensor.data_ptr() in seen:
                 continue
             seen.add(tensor.data_ptr())
-            out[name] = tensor.detach().to(torch.float32).contiguous()
+            out[name] = tensor.detach().to(target).contiguous()
         return out
     from peft.tuners.lora import LoraLayer
 
@@ -217,7 +225,7 @@ def merged_state_dict(model: Any) -> dict[str, Any]:
         t = tensor.detach()
         if clean in deltas:
             t = t + deltas[clean].to(t.dtype)
-        out[clean] = t.to(torch.float32).contiguous()
+        out[clean] = t.to(target).contiguous()
     return out
 
 
@@ -244,6 +252,7 @@ class RolloutClient:
         self._nccl: Any = None
         self.restarts = 0
         self.pids: list[int | None] = [None] * len(actors)
+        self.dtype = "float32"  # the engines' weights: what a sync sends
         for actor in actors:
             self._wait_ready(actor)
 
@@ -269,7 +278,7 @@ class RolloutClient:
             def send(a: Any) -> Any:
                 return a.load_adapter.remote(ref, config, version)
         else:
-            blob = safetensors.torch.save(merged_state_dict(model))
+            blob = safetensors.torch.save(merged_state_dict(model, self.dtype))
             ref = ray.put(blob)
 
             def send(a: Any) -> Any:
@@ -311,7 +320,7 @@ class RolloutClient:
                 world_size=1 + len(actors) * self.gpus_per_actor,
                 rank=0,
             )
-            source = ModuleSource(_merged_module(model))
+            source = ModuleSource(_merged_module(model, self.dtype))
             self._nccl = _bounded(
                 lambda: NCCLTrainerWeightTransferEngine.trainer_init(
                     info, client=RayVLLMWeightSyncClient(list(actors)), source=source
@@ -377,6 +386,7 @@ class RolloutClient:
             try:
                 info = ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
                 self.pids[self.actors.index(actor)] = info["pid"]
+                self.dtype = info["dtype"]
                 return
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
                 if time.monotonic() > deadline:
@@ -392,14 +402,14 @@ def _param_bytes(model: Any) -> int:
     return sum(p.numel() * p.element_size() for p in getattr(model, "module", model).parameters())
 
 
-def _merged_module(model: Any) -> Any:
+def _merged_module(model: Any, dtype: str) -> Any:
     """A module whose ``named_parameters`` are the policy's merged weights at the time of each call, in
-    checkpoint names, as vLLM's ``ModuleSource`` sends them."""
+    checkpoint names and the engines' dtype, as vLLM's ``ModuleSource`` sends them."""
     import torch
 
     class Merged(torch.nn.Module):
         def named_parameters(self, *args: Any, **kwargs: Any):
-            yield from merged_state_dict(model).items()
+            yield from merged_state_dict(model, dtype).items()
 
     return Merged()
 

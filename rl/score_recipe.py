@@ -45,6 +45,9 @@ from rl.trl_bridge import _peft_config
 
 ROLLOUT_DIR = "rollouts"
 STATE_FILE = "state.json"
+# The engine-vs-trainer log-prob mismatch (mean |difference| per token) on the same weights, above which a
+# sync is suspect. float32: measured 1.1e-5 (CPU, SmolLM2-135M); bfloat16: see MEASURED_BF16 below.
+MISMATCH_LIMITS = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.1}
 
 
 @dataclass
@@ -242,9 +245,18 @@ class ScoreRecipe:
 
     # --- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
-        """The policy, pi_ref (LoRA's disabled adapter, or a frozen copy) and the optimizer on this worker."""
+        """The policy, pi_ref (LoRA's disabled adapter, or a frozen copy) and the optimizer on this worker.
+
+        ``train.precision`` (``auto``: bfloat16 where the hardware computes it, ``datagen.hardware``) is the
+        dtype of the forward passes. The weights the optimizer updates stay float32: with LoRA the adapter
+        (PEFT keeps it float32 over a bfloat16 base, whose frozen weights are stored in bfloat16); without,
+        the whole model in float32 under autocast, because an Adam step of lr 5e-6 on a weight is below
+        bfloat16's resolution (8 bits of mantissa: relative steps under 2^-8 round away) and would be lost.
+        """
         import ray.train
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from datagen.hardware import resolve_dtype
 
         ctx = ray.train.get_context()
         self.workers = Workers(ctx.get_world_rank(), ctx.get_world_size())
@@ -256,21 +268,25 @@ class ScoreRecipe:
         torch.manual_seed(t.seed)
         tokenizer = AutoTokenizer.from_pretrained(self.c.model_path)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        bf16 = t.precision == "bf16" or (t.precision == "auto" and not use_cpu)
-        dtype = torch.bfloat16 if bf16 else torch.float16 if t.precision == "fp16" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(self.c.model_path, dtype=dtype).to(device)
-        ref = None
+        chosen = resolve_dtype(t.precision, gpu=not use_cpu)
+        print(f"[score] trainer dtype {chosen}", flush=True)
+        dtype = getattr(torch, chosen.name)
+        autocast = None
         if t.lora.enabled:
             from peft import get_peft_model
 
-            model = get_peft_model(model, _peft_config(t))
+            base = AutoModelForCausalLM.from_pretrained(self.c.model_path, dtype=dtype).to(device)
+            model, ref = get_peft_model(base, _peft_config(t)), None
         else:
-            ref = copy.deepcopy(model).eval()
+            model = AutoModelForCausalLM.from_pretrained(self.c.model_path, dtype=torch.float32).to(device)
+            ref = copy.deepcopy(model).to(dtype).eval()  # frozen: no master weights needed
             for p in ref.parameters():
                 p.requires_grad_(False)
+            autocast = dtype if dtype != torch.float32 else None
         if t.gradient_checkpointing:  # non-reentrant: gradients reach LoRA weights behind frozen embeddings
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.policy = Policy(model, ref, pad_id, device, self.s.temperature)
+        self.dtype = chosen.name
+        self.policy = Policy(model, ref, pad_id, device, self.s.temperature, autocast)
         self.optimizer = torch.optim.AdamW(  # Adam when weight_decay is 0, as the paper
             self.policy.trainable(), lr=t.lr, weight_decay=t.weight_decay
         )
@@ -320,6 +336,11 @@ class ScoreRecipe:
             batch.lag = check_lag(batch.version, version, self.s.max_policy_lag)  # of its oldest episode
             if batch.lag == 0:
                 batch.rollout.mismatch = logp_mismatch(batch, self.policy)
+                limit = MISMATCH_LIMITS.get(self.source.client.dtype, MISMATCH_LIMITS["float32"])
+                if batch.rollout.mismatch > limit:
+                    print(f"[score] warning: step {step + 1}: the engine's log-probs differ from the trainer's by "
+                          f"{batch.rollout.mismatch:.3g} per token (expected under {limit:g} in "
+                          f"{self.source.client.dtype}): are the engines on the trainer's weights?", flush=True)
             payload = [batch]
         if self.workers.world > 1:
             import torch.distributed as dist

@@ -39,9 +39,16 @@ class Policy:
     pad_id: int
     device: Any
     temperature: float = 1.0  # the engines': log-probs are of softmax(logits / temperature)
+    autocast: torch.dtype | None = None  # the forward's dtype over float32 weights (full fine-tuning in bf16)
+
+    def _cast(self) -> Any:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.device).type, dtype=self.autocast)
 
     def logprobs(self, seqs: list[Sequence], entropy: bool = False):
-        return token_logprobs(self.model, seqs, self.pad_id, self.device, entropy, self.temperature)
+        with self._cast():
+            return token_logprobs(self.model, seqs, self.pad_id, self.device, entropy, self.temperature)
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[Any]:
@@ -52,7 +59,7 @@ class Policy:
             yield self.model
 
     def ref_logprobs(self, seqs: list[Sequence]) -> torch.Tensor:
-        with torch.no_grad(), self.reference() as ref:
+        with torch.no_grad(), self.reference() as ref, self._cast():
             return token_logprobs(ref, seqs, self.pad_id, self.device, False, self.temperature)[0]
 
     def trainable(self) -> list[torch.nn.Parameter]:
