@@ -153,22 +153,23 @@ def prompts_with_signal(episodes: list[Episode], stage: int, s: ScoreConfig) -> 
 
 def kl_in_reward(
     policy: Policy, seqs: dict[int, list[Sequence]], s: ScoreConfig, workers: Workers
-) -> dict[int, list[float]]:
-    """Phase 2 (``kl_in: reward``): each sequence's KL penalty sum_t (logp - ref_logp), before beta."""
-    penalties = {}
+) -> tuple[dict[int, list[float]], dict[tuple[int, int], torch.Tensor]]:
+    """Phase 2 (``kl_in: reward``): each sequence's KL penalty sum_t (logp - ref_logp), before beta; and the
+    reference's log-probs of each micro-batch (attempt, first index), which the loss phase needs again."""
+    penalties, ref_cache = {}, {}
     for j in (1, 2):
         pen = [0.0] * len(seqs[j])
         with torch.no_grad():
             for idx in _chunks(workers.share(len(seqs[j])), s.micro_batch):
                 part = [seqs[j][i] for i in idx]
                 logp, mask, _ = policy.logprobs(part)
-                ref_logp = policy.ref_logprobs(part)
+                ref_cache[j, idx[0]] = ref_logp = policy.ref_logprobs(part)
                 for i, v in zip(idx, kl_penalty(logp, ref_logp, mask).tolist(), strict=True):
                     pen[i] = v
         if workers.world > 1:
             pen = workers.sum(torch.tensor(pen), policy.device).tolist()
         penalties[j] = pen
-    return penalties
+    return penalties, ref_cache
 
 
 def engine_logprobs(attempts: list[Attempt], mask: torch.Tensor) -> torch.Tensor:
@@ -184,7 +185,7 @@ def engine_logprobs(attempts: list[Attempt], mask: torch.Tensor) -> torch.Tensor
 
 def backward(
     policy: Policy, attempts: dict[int, list[Attempt]], advantages: dict[int, list[float]], beta: dict[int, float],
-    s: ScoreConfig, workers: Workers,
+    s: ScoreConfig, workers: Workers, ref_cache: dict[tuple[int, int], torch.Tensor] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Phase 4: each micro-batch's log-probs, KL and loss (each token weighted by its truncated importance
     weight with ``importance: tis``), backward; returns this worker's sums, float64: per attempt
@@ -200,7 +201,9 @@ def backward(
                 continue
             seqs = [a.sequence for a in part]
             logp, mask, ent = policy.logprobs(seqs, entropy=True)
-            ref_logp = policy.ref_logprobs(seqs)
+            ref_logp = (ref_cache or {}).get((j, idx[0]))
+            if ref_logp is None:
+                ref_logp = policy.ref_logprobs(seqs)
             weights = None
             if s.importance == "tis":
                 weights = truncated_importance_weights(logp, engine_logprobs(part, mask), mask, s.tis_cap)
@@ -239,13 +242,13 @@ def train_step(
     attempts = {j: [e.attempt(j) for e in episodes] for j in (1, 2)}
     seqs = {j: [a.sequence for a in attempts[j]] for j in (1, 2)}
     rewards = shape(episodes, stage, s)
-    penalties = kl_in_reward(policy, seqs, s, workers) if s.kl_in == "reward" else None
+    penalties, ref_cache = kl_in_reward(policy, seqs, s, workers) if s.kl_in == "reward" else (None, None)
     if penalties is not None:  # R_j -= beta_j * sum_t (logp - ref_logp)
         rewards = {j: [r - beta[j] * p for r, p in zip(rewards[j], penalties[j], strict=True)] for j in (1, 2)}
     groups = [e.prompt_id for e in episodes]
     advantages = {j: rloo_advantages(rewards[j], groups, s.baseline) for j in (1, 2)}
     policy.model.train()
-    sums = workers.sum(backward(policy, attempts, advantages, beta, s, workers), policy.device)
+    sums = workers.sum(backward(policy, attempts, advantages, beta, s, workers, ref_cache), policy.device)
     learning_rate = float(optimizer.param_groups[0]["lr"])
     grad_norm = update(policy, optimizer, t.max_grad_norm, workers)
     pg1, kl1, ent1, tok1, pg2, kl2, ent2, tok2 = sums.tolist()
