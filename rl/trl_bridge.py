@@ -227,7 +227,8 @@ def _trl_args(cfg: dict[str, Any], output_dir: str, use_cpu: bool):
     return SFTConfig(completion_only_loss=True, **common)
 
 
-def _peft_config(t: TrainConfig):
+def peft_config(t: TrainConfig):
+    """PEFT's LoraConfig of ``train.lora`` (None when LoRA is off): every trainer's, DPO's, SFT's and SCoRe's."""
     if not t.lora.enabled:
         return None
     from peft import LoraConfig
@@ -239,6 +240,9 @@ def _peft_config(t: TrainConfig):
         target_modules=t.lora.target_modules,
         task_type="CAUSAL_LM",
     )
+
+
+_peft_config = peft_config  # the name this module's callers used
 
 
 def build_trainer(cfg: dict[str, Any], output_dir: str, use_cpu: bool, extra_callbacks: list | None = None):
