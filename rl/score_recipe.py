@@ -192,7 +192,11 @@ class ScoreRecipe:
         if self.workers.rank == 0:
             storage.makedirs(storage.as_location(self.c.out_dir) / ROLLOUT_DIR)
             _pull_metrics(self.c.metrics_object, self.c.metrics_file)
-            self.source = EpisodeSource(self.c)
+            from rl.rollout import RolloutClient
+
+            c = self.c
+            client = RolloutClient(c.actors, c.sync, self.s.sync_timeout_s, int(c.generate.engine.num_gpus))
+            self.source = EpisodeSource(c.prompts, c.train, c.judge, client)
             if self.state.version:
                 self.source.client.sync_weights(self.policy.model, self.state.version)  # they hold the start's
         return True

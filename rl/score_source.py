@@ -8,17 +8,16 @@ import math
 import random
 import time
 from statistics import fmean
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from datagen.records import judge_column
+from datagen.records import Prompt, judge_column
 from judges.base import score_scale
+from judges.config import JudgeSettings
+from rl.config import TrainConfig
 from rl.episodes import EpisodeBatch, flag
 from rl.score_step import Policy, prompts_with_signal
-
-if TYPE_CHECKING:
-    from rl.score_recipe import ScoreLoopConfig
 
 
 def step_prompts(num_prompts: int, per_step: int, step: int, seed: int) -> list[int]:
@@ -56,21 +55,21 @@ def extra_prompts(num_prompts: int, per_step: int, step: int, round: int, seed: 
 class EpisodeSource:
     """Rank 0's supply of judged batches: the step's prompts, the rollout engines, the judge."""
 
-    def __init__(self, c: ScoreLoopConfig):
+    def __init__(self, prompts: list[Prompt], train: TrainConfig, judge: JudgeSettings, client: Any):
+        """``client``: the rollout engines' ``rl.rollout.RolloutClient``; ``judge``: train.score.judge's settings."""
         from datagen.judging import JudgeWorker
-        from rl.rollout import RolloutClient
 
-        self.c, self.s = c, c.train.score
-        self.client = RolloutClient(c.actors, c.sync, self.s.sync_timeout_s, int(c.generate.engine.num_gpus))
-        self.judge = JudgeWorker({self.s.judge: c.judge.model_dump()})
-        self.scale = score_scale(c.judge)
+        self.prompts, self.seed, self.s = prompts, train.seed, train.score
+        self.client = client
+        self.judge = JudgeWorker({self.s.judge: judge.model_dump()})
+        self.scale = score_scale(judge)
 
     def submit(self, step: int, version: int, indices: list[int] | None = None, round: int = 0) -> None:
         """Start sampling round ``round`` of ``step``: the step's prompts (``step_prompts``) or ``indices``."""
-        c, s = self.c, self.s
+        s = self.s
         if indices is None:
-            indices = step_prompts(len(c.prompts), s.prompts_per_step, step, c.train.seed)
-        rows = [c.prompts[i].to_row() for i in indices]
+            indices = step_prompts(len(self.prompts), s.prompts_per_step, step, self.seed)
+        rows = [self.prompts[i].to_row() for i in indices]
         self.client.submit(step, rows, version, s.n, s.temperature, s.review_prompt, round=round)
 
     def collect(self, step: int, model: Any, version: int, round: int = 0) -> EpisodeBatch:
@@ -81,15 +80,15 @@ class EpisodeSource:
         """Dynamic sampling: while fewer than ``prompts_per_step`` of the prompts drawn carry a gradient, sample
         and judge ``prompts_per_step`` more (at most ``max_rounds`` times); the update trains on the first
         ``prompts_per_step`` that do. Disabled, it only counts them."""
-        c, s = self.c, self.s
+        s = self.s
         ds = s.dynamic_sampling
-        index = {p.prompt_id: i for i, p in enumerate(c.prompts)}
+        index = {p.prompt_id: i for i, p in enumerate(self.prompts)}
         drawn = {index[e.prompt_id] for e in batch.episodes}
         signal = prompts_with_signal(batch.episodes, stage, s)
         first = len(signal) / len(drawn) if drawn else 0.0
         rounds = 0
         while ds.enabled and len(signal) < s.prompts_per_step and rounds < ds.max_rounds:
-            more = extra_prompts(len(c.prompts), s.prompts_per_step, step, rounds + 1, c.train.seed, drawn)
+            more = extra_prompts(len(self.prompts), s.prompts_per_step, step, rounds + 1, self.seed, drawn)
             if not more:
                 break
             rounds += 1
