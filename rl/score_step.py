@@ -118,8 +118,15 @@ class StepStats:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def _chunks(items: list[int], size: int) -> list[list[int]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+def micro_batches(seqs: list[Sequence], workers: Workers, size: int) -> list[list[int]]:
+    """This worker's share of ``seqs`` in micro-batches of ``size``, longest first: sequences of like length
+    together pad the least (a forward costs the longest one's length times the batch).
+
+    >>> micro_batches([([1], [2]), ([1, 2, 3], [4]), ([1], [2, 3])], Workers(), 2)
+    [[1, 2], [0]]
+    """
+    mine = sorted(workers.share(len(seqs)), key=lambda i: -(len(seqs[i][0]) + len(seqs[i][1])))
+    return [mine[i : i + size] for i in range(0, len(mine), size)]
 
 
 def betas(s: ScoreConfig, stage: int) -> dict[int, float]:
@@ -160,7 +167,7 @@ def kl_in_reward(
     for j in (1, 2):
         pen = [0.0] * len(seqs[j])
         with torch.no_grad():
-            for idx in _chunks(workers.share(len(seqs[j])), s.micro_batch):
+            for idx in micro_batches(seqs[j], workers, s.micro_batch):
                 part = [seqs[j][i] for i in idx]
                 logp, mask, _ = policy.logprobs(part)
                 ref_cache[j, idx[0]] = ref_logp = policy.ref_logprobs(part)
@@ -195,7 +202,7 @@ def backward(
     for j in (1, 2):
         tokens = sum(len(a.tokens) for a in attempts[j])
         denom = float(max(1, tokens if s.loss_agg == "token_mean" else episodes))
-        for idx in _chunks(workers.share(episodes), s.micro_batch):
+        for idx in micro_batches([a.sequence for a in attempts[j]], workers, s.micro_batch):
             part = [attempts[j][i] for i in idx]
             if not any(a.tokens for a in part):
                 continue
