@@ -218,11 +218,12 @@ class ScoreRecipe:
             batch.lag = check_lag(batch.version, version, self.s.max_policy_lag)  # of its oldest episode
             if batch.lag == 0:
                 batch.rollout.mismatch = logp_mismatch(batch, self.policy)
-                limit = MISMATCH_LIMITS.get(self.source.client.dtype, MISMATCH_LIMITS["float32"])
+                dtypes = {self.source.client.dtype, self.dtype}  # the engine's and the trainer's: the coarser one
+                limit = max(MISMATCH_LIMITS.get(d, MISMATCH_LIMITS["float32"]) for d in dtypes)
                 if batch.rollout.mismatch > limit:
                     print(f"[score] warning: step {step + 1}: the engine's log-probs differ from the trainer's by "
-                          f"{batch.rollout.mismatch:.3g} per token (expected under {limit:g} in "
-                          f"{self.source.client.dtype}): are the engines on the trainer's weights?", flush=True)
+                          f"{batch.rollout.mismatch:.3g} per token (expected under {limit:g} with "
+                          f"{' and '.join(sorted(dtypes))}): are the engines on the trainer's weights?", flush=True)
             payload = [batch]
         if self.workers.world > 1:
             import torch.distributed as dist

@@ -49,6 +49,7 @@ def _config(tmp_path: Path, model: Path, **score) -> Path:
             "log_every": 1,
             "max_failures": 2,
             "lora": {"r": 8, "alpha": 16},
+            "precision": "fp32",  # as the engine: the mismatch bound of float32 (test 2 runs both in bfloat16)
             "score": {"judge": "parity", "prompts_per_step": 2, "n": 2, "keep": "last", **score},
         },
     }
