@@ -8,8 +8,8 @@ The update the trainer takes on the laptop config (``configs/score_quickstart.ya
 after a ~90-token prompt, attempt 2 after ~220 tokens), timed phase by phase: the KL-in-reward pass
 (policy and reference forward, no gradient), the loss pass (policy forward and backward), the optimizer
 step. Beside it a bare forward + backward of the same tokens, and the share of the CPU's bfloat16 (or
-float32) matmul peak the update reaches: 6 x trainable-path params x tokens / seconds, against a 2048^2
-matmul measured here. Name the CPU's bf16 flags beside the figures (printed).
+float32) matmul peak the update reaches: four passes of 2 flops a weight a token (the LM head only at completion
+tokens) over the update's seconds, against a 2048^2 matmul measured here. Name the CPU's bf16 flags beside the figures (printed).
 """
 
 from __future__ import annotations
@@ -95,11 +95,14 @@ def run(dtype_name: str, model_path: str, eps_count: int, tokens: int, repeats: 
         for key, value in zip(times, (t1 - started, t2 - t1, t3 - t2, t4 - t3), strict=True):
             times[key].append(value)
     mean = {k: sum(v[1:]) / repeats for k, v in times.items()}
-    params = sum(p.numel() for p in base.parameters())
+    head = base.get_output_embeddings().weight.numel()  # tied to the embedding, which is no matmul
+    body = sum(p.numel() for p in base.parameters()) - head
     tokens_total = sum(len(x) + len(y) for j in (1, 2) for x, y in seqs[j])
+    completion = sum(len(y) for j in (1, 2) for _, y in seqs[j])  # the head runs where completion tokens are
     update_s = mean["kl_in_reward"] + mean["loss_backward"] + mean["optimizer"]
-    # forward (2 x params x tokens) for policy and reference in the KL pass, forward + backward (6x) in the loss
-    flops = (2 + 2 + 6) * params * tokens_total
+    # 2 flops a weight a token per forward: policy and reference in the KL pass, policy in the loss pass, and its
+    # backward to the inputs (LoRA: the frozen weights get no gradient of their own; the adapter's are small)
+    flops = 4 * 2 * (body * tokens_total + head * completion)
     return {
         "dtype": dtype_name,
         **{f"{k}_s": round(v, 2) for k, v in mean.items()},
