@@ -8,8 +8,9 @@ The update the trainer takes on the laptop config (``configs/score_quickstart.ya
 after a ~90-token prompt, attempt 2 after ~220 tokens), timed phase by phase: the KL-in-reward pass
 (policy and reference forward, no gradient), the loss pass (policy forward and backward), the optimizer
 step. Beside it a bare forward + backward of the same tokens, and the share of the CPU's bfloat16 (or
-float32) matmul peak the update reaches: four passes of 2 flops a weight a token (the LM head only at completion
-tokens) over the update's seconds, against a 2048^2 matmul measured here. Name the CPU's bf16 flags beside the figures (printed).
+float32) matmul peak the update reaches: four passes of 2 flops a weight a token (the LM head only at
+completion tokens) over the update's seconds, against a 2048^2 matmul measured here. Name the CPU's bf16
+flags beside the figures (printed).
 """
 
 from __future__ import annotations
