@@ -30,10 +30,13 @@ sys.path[:0] = [str(ROOT)]
 from benchmarks.measure import run_measured  # noqa: E402
 
 CONFIG = ROOT / "configs" / "score_quickstart.yaml"
+FRACTIONS = {"gradient_fraction_first_round", "gradient_fraction", "batch_has_gradient"}  # a 0 counts
 VARIANTS: dict[str, list[str]] = {
     # the weights' dtype, one run after the other on the same machine (name its bf16 flags beside the figures)
     "float32": ["train.score.weight_sync=blob", "generate.engine.dtype=float32", "train.precision=fp32"],
     "bfloat16": ["train.score.weight_sync=blob", "generate.engine.dtype=bfloat16", "train.precision=bf16"],
+    # dynamic sampling on: more prompts per step where the first ones carry no gradient
+    "dynamic": ["train.score.weight_sync=blob", "train.score.dynamic_sampling.enabled=true"],
     "blob": ["train.score.weight_sync=blob"],
     "adapter": ["train.score.weight_sync=adapter"],
     "overlap": ["train.score.weight_sync=blob", "train.score.overlap=true"],
@@ -61,10 +64,11 @@ def run_variant(name: str, out: Path, model: str, steps: int, extra: list[str]) 
     log = [json.loads(x) for x in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
     later = log[1:] or log
     keys = ("sync_seconds", "sync_bytes", "rollout_tokens_per_s", "train_seconds", "step_seconds", "rollout_seconds",
-            "judge_seconds", "logp_mismatch", "rollout_tokens")
+            "judge_seconds", "logp_mismatch", "rollout_tokens", "prompts_drawn", "gradient_fraction_first_round",
+            "gradient_fraction", "batch_has_gradient")
     out_row = {"variant": name, "steps": len(log), "wall_seconds": round(m.seconds, 1)}
     for k in keys:
-        values = [r[k] for r in later if r.get(k)]
+        values = [r[k] for r in later if r.get(k) is not None and (r[k] or k in FRACTIONS)]
         out_row[k] = round(fmean(values), 3) if values else None
     out_row["peak_pss_gib"] = round(m.peak_pss_gib, 2) if m.peak_pss_gib else None
     return out_row
