@@ -317,7 +317,8 @@ def test_score_then_eval_and_report_on_s3_resume_from_the_bucket(s3_url, tiny_mo
         # step 1 was not trained again: the new trainer started from the checkpoint in the bucket
         assert rollouts["step-000000.parquet"] < killer.at * 1e9
         # 2 prompts x 2 episodes, and more prompts where dynamic sampling drew them
-        assert storage.read_table(train.path / "rollouts" / "step-000000.parquet").num_rows == 2 * log[0]["prompts_drawn"]
+        first = storage.read_table(train.path / "rollouts" / "step-000000.parquet")
+        assert first.num_rows == 2 * log[0]["prompts_drawn"]
 
         metrics = storage.read_json(storage.as_location(f"{run}/eval/metrics.json"))
         assert list(metrics["models"]) == ["trained"]
