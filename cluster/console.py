@@ -133,8 +133,9 @@ def _s(x: Any) -> str:
 def _generate(s: dict[str, Any]) -> str:
     rate = s.get("tokens_per_s_this_run")
     speed = f" ({rate:.0f} tokens/s)" if rate else ""
+    dtype = f", {s['dtype']}" if s.get("dtype") else ""
     return (f"generate: {s['prompts']} prompts -> {s['samples']} samples, {s['generated_tokens']:,} tokens{speed}, "
-            f"{_s(s.get('wall_seconds_this_run'))}")
+            f"{_s(s.get('wall_seconds_this_run'))}{dtype}")
 
 
 def _judge(s: dict[str, Any]) -> str:
@@ -152,7 +153,9 @@ def _build(s: dict[str, Any]) -> str:
 
 
 def _train(s: dict[str, Any]) -> str:
-    return f"train: {s['algorithm']}, {s['steps']} steps on {s['pairs']} pairs, {_s(s.get('seconds'))} -> {s['model']}"
+    dtype = f", {s['dtype']}" if s.get("dtype") else ""
+    return (f"train: {s['algorithm']}, {s['steps']} steps on {s['pairs']} pairs, {_s(s.get('seconds'))}{dtype} "
+            f"-> {s['model']}")
 
 
 def _eval(s: dict[str, Any]) -> str:

@@ -72,6 +72,11 @@ class EngineConfig(Strict):
     cpu_reserved_cores: int = Field(
         0, ge=0, description="CPU only: cores vLLM keeps free of compute (VLLM_CPU_NUM_OF_RESERVED_CPU)"
     )
+    multiprocessing: bool | None = Field(
+        None,
+        description="the engine core in a process of its own (vLLM's default); unset: on with GPUs, off on CPU, "
+        "where the engine then starts about 12 s sooner at the same speed",
+    )
     vllm_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="further vllm.LLM keyword arguments, passed as given"
     )

@@ -158,6 +158,7 @@ def run_generate(
         # per actor-second: inside vllm.LLM.generate only, and with the turn logic around it
         "engine_tokens_per_s": new_tokens / engine_seconds if engine_seconds > 0 else None,
         "worker_tokens_per_s": new_tokens / worker_seconds if worker_seconds > 0 else None,
+        "dtype": next((m["stats"].get("dtype") for m in manifest if m["stats"].get("dtype")), None),
         "worker_startup_seconds": max((m["stats"]["worker_startup_seconds"] for m in manifest), default=None),
         # Ray Data planning, actor start, imports and engine start: until the first engine was ready
         "startup_seconds": min((m["stats"]["worker_ready_at"] for m in manifest), default=started_at) - started_at,

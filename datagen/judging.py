@@ -20,7 +20,8 @@ import pyarrow as pa
 
 from datagen import metrics, storage
 from datagen.config import EngineConfig, JudgePoolConfig
-from datagen.engine import engine_env, engine_kwargs
+from datagen.engine import engine_env, engine_kwargs, with_resolved_dtype
+from datagen.hardware import resolve_dtype
 from datagen.models import resolve_model
 from datagen.pipeline import run_shard_stage
 from datagen.records import judge_column
@@ -143,11 +144,28 @@ def prompt_batches(rows: list[dict[str, Any]], size: int) -> list[list[int]]:
     return batches
 
 
+def on_this_device(settings: JudgeSettings) -> JudgeSettings:
+    """A model judge's weights dtype ``auto`` resolved in the actor that loads them.
+
+    The reward model's ``dtype`` and the self-critic's ``engine.dtype`` follow this actor's hardware
+    (``datagen.hardware``): bfloat16 where it is native, float32 elsewhere.
+    """
+    import torch
+
+    update: dict[str, Any] = {}
+    if getattr(settings, "dtype", None) == "auto":
+        update["dtype"] = resolve_dtype("auto", gpu=torch.cuda.is_available()).name
+    engine = getattr(settings, "engine", None)
+    if isinstance(engine, dict) and engine.get("dtype", "auto") == "auto":
+        update["engine"] = with_resolved_dtype(engine)[0]
+    return settings.model_copy(update=update) if update else settings
+
+
 class JudgeWorker:
     """One per actor: builds every judge once, then turns a generate shard into a judge shard."""
 
     def __init__(self, judges: dict[str, dict[str, Any]], tags: dict[str, str] | None = None):
-        self.judges = {name: build(name, judge_settings(name, raw)) for name, raw in judges.items()}
+        self.judges = {name: build(name, on_this_device(judge_settings(name, raw))) for name, raw in judges.items()}
         self.tags = tags or {"stage": "judge", "run": ""}  # the Ray metrics' tags
 
     def __call__(self, task: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:

@@ -207,7 +207,9 @@ class TrainConfig(Strict):
         description="examples over max_length: error refuses to train (exit 2); drop leaves them out, counted",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on GPU, fp32 on CPU"
+        "auto",
+        description="auto: bf16 where the hardware computes it natively (GPUs, CPUs with AMX/AVX512-BF16), "
+        "else fp32; resolved in each training worker",
     )
     gradient_checkpointing: bool = False
     num_workers: int = Field(1, ge=1, description="Ray Train workers (one GPU each when use_gpu)")

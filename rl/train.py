@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
+from datagen.hardware import Dtype, resolve_dtype
 from datagen.metrics import record_train, stage_tags
 from datagen.shards import StageDir, StageInputError, atomic_write_bytes, atomic_write_json
 from datagen.storage import Location, ObjectPath, filesystem, read_json, read_table
@@ -339,7 +340,7 @@ def _trl_args(cfg: dict[str, Any], output_dir: str, use_cpu: bool):
     from trl import DPOConfig, SFTConfig
 
     t = TrainConfig.model_validate(cfg["train"])
-    precision = t.precision if t.precision != "auto" else ("fp32" if use_cpu else "bf16")
+    precision = train_dtype(t, use_cpu).name
     common = dict(
         output_dir=output_dir,
         per_device_train_batch_size=t.batch_size,
@@ -352,8 +353,10 @@ def _trl_args(cfg: dict[str, Any], output_dir: str, use_cpu: bool):
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
         max_length=t.max_length,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
+        # Autocast: matmuls in the low precision, softmax and log-probs in float32; the weights that
+        # train stay float32 (the LoRA adapters, or the whole model when there is no LoRA).
+        bf16=precision == "bfloat16",
+        fp16=precision == "float16",
         use_cpu=use_cpu,
         gradient_checkpointing=t.gradient_checkpointing,
         save_strategy="steps",
@@ -376,6 +379,11 @@ def _trl_args(cfg: dict[str, Any], output_dir: str, use_cpu: bool):
         return DPOConfig(beta=t.beta, loss_type=loss_type, loss_weights=weights, **common)
     # The loss covers the completion (the assistant's reply) only, never the prompt.
     return SFTConfig(completion_only_loss=True, **common)
+
+
+def train_dtype(t: TrainConfig, use_cpu: bool) -> Dtype:
+    """``train.precision`` resolved for this worker's device (``datagen.hardware``)."""
+    return resolve_dtype(t.precision, gpu=not use_cpu)
 
 
 def _peft_config(t: TrainConfig):
@@ -401,7 +409,11 @@ def build_trainer(cfg: dict[str, Any], output_dir: str, use_cpu: bool, extra_cal
     tokenizer = AutoTokenizer.from_pretrained(cfg["model_path"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=torch.float32)
+    dtype = train_dtype(t, use_cpu)
+    # Under LoRA the base is frozen, so it needs no float32 master copy: stored in the compute dtype it
+    # is not cast again at every forward. PEFT keeps the adapters in float32.
+    weights = getattr(torch, dtype.name) if t.lora.enabled else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=weights)
     dataset = _load_dataset(cfg["data_files"], t.algorithm, frozenset(cfg.get("exclude") or ()))
     pair_ids = list(dataset["pair_id"])
     cls = _trainer_class(DPOTrainer if t.algorithm == "dpo" else SFTTrainer)
@@ -428,7 +440,8 @@ def _save_final(trainer, tokenizer_path: str, out: Path, merge: bool) -> None:
         model.save_pretrained(out / "adapter")
         tokenizer.save_pretrained(out / "adapter")
         if merge:
-            model = model.merge_and_unload()
+            # In float32: a LoRA delta added to bfloat16 weights would be rounded to their 8-bit mantissa.
+            model = model.float().merge_and_unload()
         else:
             return
     model.save_pretrained(out / "model")
@@ -460,7 +473,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
             trainer.add_callback(cb)
         trainer.train(resume_from_checkpoint=resume_dir)
         final = Path(work) / "final"
-        metrics = {"final": 1, "step": trainer.state.global_step}
+        metrics = {"final": 1, "step": trainer.state.global_step, "dtype": str(train_dtype(
+            TrainConfig.model_validate(cfg["train"]), use_cpu))}
         if ctx.get_world_rank() == 0:
             _save_final(trainer, cfg["model_path"], final, cfg["train"]["merge"])
             atomic_write_json(final / "log_history.json", trainer.state.log_history)
@@ -722,6 +736,7 @@ def run_train(
         "pairs": build["pairs_out"],
         "data": {k: v for k, v in report.items() if k != "exclude"},
         "seconds": round(time.perf_counter() - start, 2),
+        "dtype": metrics.get("dtype"),
         "model": str(out.path / "model"),
         "adapter": str(out.path / "adapter") if cfg.lora.enabled else None,
     }

