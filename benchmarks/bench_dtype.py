@@ -7,7 +7,7 @@ approach), then forward + backward of the model on ``batch x seq`` tokens in fiv
 full fine-tuning; float32 weights under bfloat16 autocast (what TRL's ``bf16=True`` does for full
 fine-tuning); LoRA on float32 weights; LoRA on bfloat16 weights (PEFT keeps the adapters in
 float32: the frozen base needs no master copy), without and with autocast. Each is timed as the
-median of a few steps after a warm-up, with its share of the bfloat16 matmul peak (6 x params x tokens / step time).
+median of a few steps after a warm-up, with its share of the bfloat16 matmul peak ((6 or, under LoRA, 4) x params x tokens / step time).
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def main() -> None:
         model.train()
         s = step_seconds(model, ids, autocast, args.reps)
         base = base or s
-        share = 6 * n_params * tokens / s / 1e9 / peak16
+        # 2N FLOPs a token forward, 2N backward to the inputs, 2N more for weight gradients (not under LoRA)
+        share = (4 if use_lora else 6) * n_params * tokens / s / 1e9 / peak16
         print(f"{name:40s} {s:6.2f} s/step  {tokens / s:7.0f} tokens/s  {base / s:4.1f}x  {share:5.1%} of bf16 peak")
         del model
 
