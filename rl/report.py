@@ -200,7 +200,8 @@ def comparisons_table(metrics: dict[str, Any]) -> Table | None:
 
 
 def pass_at_k_table(metrics: dict[str, Any]) -> Table | None:
-    found = {label: m["pass_at_k"] for label, m in metrics["models"].items() if m.get("pass_at_k")}
+    # pass@k is there for each k ≤ the judged samples of a problem: none when every k is above that
+    found = {label: p for label, m in metrics["models"].items() if any((p := m.get("pass_at_k") or {}).values())}
     if not found:
         return None
     ks = sorted({int(k) for p in found.values() for turn in p.values() for k in turn})
@@ -310,7 +311,8 @@ def report_blocks(facts: RunFacts, images: dict[str, str]) -> list[Block]:
         ("Compared with another model (McNemar, exact)", comparisons_table(metrics),
          "Paired by problem and sample: b = right under `model` and wrong under `against`, c = the reverse; "
          "the exact two-sided binomial test on b and c gives the p-value (McNemar 1947)."),
-        ("pass@k (code)", pass_at_k_table(metrics), "Unbiased estimator of Chen et al. 2021."),
+        ("pass@k (code)", pass_at_k_table(metrics),
+         "Unbiased estimator of Chen et al. 2021, for each k up to the samples judged per problem."),
         ("Pairwise judge", pairwise_table(metrics), "score = win + tie / 2."),
         ("SelFee: accuracy after K enforced revisions", selfee_table(metrics), None),
     ]

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from report_metrics import sample_metrics
+from report_metrics import md_tables, sample_metrics
 
 from cluster.cli import main
 from rl.report import before_after, read_train_log, write_report
@@ -32,20 +32,6 @@ def make_run(tmp_path: Path, metrics: dict | None = None, train_log: bool = True
         ]
         (run / "train" / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     return run
-
-
-def md_tables(text: str) -> list[list[list[str]]]:
-    """Every Markdown table as rows of cells (header row first, the --- row left out)."""
-    tables, current = [], []
-    for line in text.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-            if not all(set(c) <= {"-"} for c in cells):
-                current.append(cells)
-        elif current:
-            tables.append(current)
-            current = []
-    return tables + ([current] if current else [])
 
 
 class _Tables(HTMLParser):
