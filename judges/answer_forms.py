@@ -64,9 +64,9 @@ _CLAUSE = {"is", "are", "was", "were", "has", "have", "had", "be", "been", "will
            "must", "do", "does", "did", "get", "gets", "got", "means", "equals"}
 # Words that judge or point at an answer rather than give one: "the answer is incorrect", "... is not odd",
 # "the answer is already provided". A statement of them is skipped, as one with no number is.
-_VERDICT = {"correct", "incorrect", "wrong", "right", "not", "already", "provided", "given", "above", "below",
-            "following", "same", "answer", "question", "problem", "step", "solution", "mistake", "error",
-            "explanation", "requested", "unclear", "obvious", "simple", "clear"}
+_VERDICT = {"correct", "incorrect", "wrong", "right", "not", "already", "provided", "following", "same", "answer",
+            "question", "problem", "step", "solution", "mistake", "error", "explanation", "requested", "unclear",
+            "obvious", "simple", "clear"}
 _WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 # Commands that format rather than state a value: an answer of only these holds nothing.
 _FORMAT_COMMANDS = {"text", "mathrm", "quad", "qquad", "left", "right", "displaystyle", "hspace", "mbox", "textbf"}
@@ -86,7 +86,7 @@ def balanced_end(text: str, open_at: int, limit: int = 1000) -> int:
     return -1
 
 
-def unwrap(text: str) -> str:
+def _unwrap(text: str) -> str:
     r"""``\boxed{12}`` → ``12``, ``\text{ marbles}`` → `` marbles`` (units are cut later)."""
     while True:
         m = _UNWRAP_RE.search(text)
@@ -100,18 +100,18 @@ def unwrap(text: str) -> str:
 
 def _group_end(s: str, i: int) -> int:
     """Index just past the group that opens at ``i`` (a bracket pair, ``\\{...\\}``, braces or an
-    environment), -1 when none opens there, -2 when one opens and never closes."""
+    environment), or -1 when none opens there or it never closes."""
     c = s[i]
     if s.startswith("\\begin{", i):
         name = re.match(r"\\begin\{([^{}]*)\}", s[i:])
         if not name:
-            return -2
+            return -1
         depth, pattern = 0, re.compile(r"\\(begin|end)\{" + re.escape(name.group(1)) + r"\}")
         for m in pattern.finditer(s, i):
             depth += 1 if m.group(1) == "begin" else -1
             if depth == 0:
                 return m.end()
-        return -2
+        return -1
     if s.startswith("\\{", i):
         depth, j = 0, i
         while j < len(s):
@@ -123,10 +123,9 @@ def _group_end(s: str, i: int) -> int:
                     return j
             else:
                 j += 1
-        return -2
+        return -1
     if c == "{":
-        end = balanced_end(s, i, limit=len(s))
-        return end if end > 0 else -2
+        return balanced_end(s, i, limit=len(s))
     if c in "([":  # an interval may close with either: [0, 5), (-\infty, 3]
         depth = 0
         for j in range(i, len(s)):
@@ -136,7 +135,7 @@ def _group_end(s: str, i: int) -> int:
                 depth -= 1
                 if depth == 0:
                     return j + 1
-        return -2
+        return -1
     return -1
 
 
@@ -160,7 +159,7 @@ def _unmask(s: str, groups: list[str]) -> str:
 
 def _prepare(candidate: str) -> str:
     """Typography, units of currency and LaTeX spacing out; number forms math-verify cannot read rewritten."""
-    s = unwrap(candidate)
+    s = _unwrap(candidate)
     s = re.sub(r"\\(?:left|right|[bB]igg?[lr]?)\s*(?=[()\[\]|.]|\\[{}|])", "", s).replace("\\left.", "")
     s = s.replace("\\right.", "")
     s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group()], s)
@@ -317,12 +316,8 @@ def _word_answer(masked: str, groups: list[str], max_words: int) -> str | None:
     first = _phrase(parts[0], max_words)
     if first is None:
         return None
-    rest = []
-    for part in parts[1:]:
-        if part.split()[:1] == ["not"] or _phrase(part, max_words) is None:
-            break
-        rest.append(_phrase(part, max_words))
-    return ", ".join([first, *rest]) if len(rest) == len(parts) - 1 else first
+    rest = [_phrase(part, max_words) for part in parts[1:]]
+    return ", ".join([first, *rest]) if rest and None not in rest else first  # type: ignore[list-item]
 
 
 def clean_answer(candidate: str, max_words: int = 4) -> str | None:
@@ -357,7 +352,7 @@ def clean_answer(candidate: str, max_words: int = 4) -> str | None:
         token = first.group()
         if len(token) > 1 and token.lower() not in _MATH_WORDS:  # a word: a word answer or none
             return None if asked else _word_answer(masked, groups, max_words)
-        if token in "ABCDE" or token >= "\ue000":
+        if token in ("A", "B", "C", "D", "E") or token >= "\ue000":
             letters = _choice_letters(_unmask(masked, groups))
             if letters:
                 return letters
@@ -389,7 +384,7 @@ def _is_words(answer: str) -> bool:
 
 
 def _word_key(answer: str) -> str:
-    return re.sub(r"[^a-z]+", " ", unwrap(answer).lower()).strip()
+    return re.sub(r"[^a-z]+", " ", _unwrap(answer).lower()).strip()
 
 
 @functools.lru_cache(maxsize=4096)  # a reference is compared with every sample of its prompt

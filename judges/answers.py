@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from judges.answer_forms import balanced_end, clean_answer
 
@@ -93,8 +94,10 @@ _CORRECT_IS = re.compile(
 )
 _IS_THE_ANSWER = re.compile(r"\bis\s+(?:the|my|our)\s+(?:final\s+|correct\s+|right\s+)?answer\b", re.IGNORECASE)
 _SCL = re.compile(r"##[ \t]*([^#\n]+?)[ \t]*##")
-# "The answer is 12." / "the answer: 20 is not equal to 20.375": a number being refuted is no answer.
+# "the answer: 20 is not equal to 20.375", "the answer is not odd", "the answer is incorrect": a
+# statement that takes an answer back holds none, and no earlier statement stands after it.
 _REFUTED = re.compile(r"(?:is|was|are)\s+(?:not\b|wrong|incorrect)|isn't|wasn't", re.IGNORECASE)
+_RETRACTS = re.compile(r"\W*(?:(?:actually|still|clearly|definitely|then|so|also)\s+)*(?:not|incorrect|wrong)\b", re.I)
 _WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # What may stand between the boxes of one answer: "\boxed{2} and \boxed{3}", "$x = \boxed{2}$ or $x = \boxed{3}$"
@@ -124,9 +127,21 @@ def _line_after(text: str, at: int, head: int) -> str:
     return more.split("\n", 1)[0][: 2 * _STATEMENT_CHARS]
 
 
-def _boxed(text: str) -> list[tuple[int, bool, str, str]]:
+class Statement(NamedTuple):
+    """An explicit final statement: where it starts and where its line ends, whether something
+    follows its answer (so a cut at the end of the text did not shorten it), the rule that found
+    it, and its answer (None: it takes the answer back)."""
+
+    start: int
+    end: int
+    closed: bool
+    rule: str
+    answer: str | None
+
+
+def _boxed(text: str) -> list[Statement]:
     r"""The answers in ``\boxed{}``; boxes joined by "and", "or" or commas are one answer (a list),
-    and a list whose last box never closes (a cut-off response) is none."""
+    and a list with a box that never closes (a cut-off response) or holds nothing is none."""
     boxes = []
     for m in _BOX.finditer(text):
         end = balanced_end(text, m.end() - 1)
@@ -139,9 +154,9 @@ def _boxed(text: str) -> list[tuple[int, bool, str, str]]:
             runs.append([box])
     found = []
     for run in runs:
-        answers = [answer for _, end, answer in run if answer]
-        if answers and all(end > 0 for _, end, _ in run):
-            found.append((run[0][0], True, "boxed", ", ".join(dict.fromkeys(answers))))
+        answers = [answer for _, end, answer in run if answer and end > 0]
+        if len(answers) == len(run):
+            found.append(Statement(run[0][0], run[-1][1], True, "boxed", ", ".join(dict.fromkeys(answers))))
     return found
 
 
@@ -151,42 +166,40 @@ def _closed_after(text: str, at: int, line: str, answer: str) -> bool:
     last_digit = max((i for i, c in enumerate(line) if c.isdigit()), default=-1)
     if last_digit >= 0:
         return bool(re.search(r"[^\s+\-*/×÷=^(]", text[at + last_digit + 1 :]))
-    word_end = line.lower().find(answer.split(",")[-1].strip().lower()) + len(answer.split(",")[-1].strip())
-    return bool(re.search(r"\S", text[at + word_end :]))
+    last = answer.rsplit(",", 1)[-1].strip().lower()  # a word: "The answer is odd" may have been "oddly ..."
+    k = line.lower().rfind(last)
+    return bool(re.search(r"\S", text[at + (k + len(last) if k >= 0 else len(line)) :]))
 
 
-def _explicit(text: str) -> list[tuple[int, bool, str, str]]:
-    """Every explicit final statement that holds an answer: (start, closed, rule, answer).
-
-    ``closed``: something follows the answer (a closing brace, a unit, a full stop), so a cut at the
-    end of the text did not shorten it.
-    """
+def _explicit(text: str) -> list[Statement]:
+    """Every explicit final statement that holds an answer or takes one back."""
     found = _boxed(text)
     for m in _SCL.finditer(text):
         answer = clean_answer(m.group(1))
         if answer:
-            found.append((m.start(), True, "scl_hashes", answer))
+            found.append(Statement(m.start(), m.end(), True, "scl_hashes", answer))
     for m in _GSM8K.finditer(text):
         answer = clean_answer(m.group(1))
         if answer:
-            found.append((m.start(), m.end() < len(text), "gsm8k_hashes", answer))
+            found.append(Statement(m.start(), m.end(), m.end() < len(text), "gsm8k_hashes", answer))
     for rule, pattern in (("answer_is", _ANSWER_IS), ("correct_is", _CORRECT_IS)):
         for m in pattern.finditer(text):
             if _EARLIER.search(text[max(0, m.start() - 40) : m.start()]):
                 continue
             line = _line_after(text, m.end(), m.start())
-            answer = clean_answer(line)
+            at = text.find(line, m.end())
             prose = _WORD.search(line)
-            if answer and not (prose and _REFUTED.match(line, prose.start())):
-                at = text.find(line, m.end())
-                found.append((m.start(), _closed_after(text, at, line, answer), rule, answer))
+            if _RETRACTS.match(line) or (prose and _REFUTED.match(line, prose.start())):
+                found.append(Statement(m.start(), at + len(line), True, rule, None))
+            elif answer := clean_answer(line):
+                found.append(Statement(m.start(), at + len(line), _closed_after(text, at, line, answer), rule, answer))
     for m in _IS_THE_ANSWER.finditer(text):
         # "... = 33, which is the answer": the last value of the sentence so far
         before = re.split(r"(?<!\d)\.(?!\d)|\n", text[max(0, m.start() - _STATEMENT_CHARS) : m.start()])[-1]
         tokens = _tokens(before)
         if tokens:
             answer = _formula_answer(before, tokens[-1]) or _token_list(before, tokens, len(tokens) - 1)
-            found.append((m.start(), True, "is_the_answer", answer))
+            found.append(Statement(m.start(), m.end(), True, "is_the_answer", answer))
     return found
 
 
@@ -208,7 +221,7 @@ _ITEM = (
 # A value of the closing sentence is read whole: "\frac{3}{4}" is not its denominator, "(2, -3)" not -3,
 # "6.02 × 10^23" not 23 (the first pattern that matches at a place wins, so the longer ones come first).
 _VALUES = [
-    re.compile(r"\\begin\{([a-zA-Z]*matrix|array)\}.*?\\end\{\1\}", re.DOTALL),
+    re.compile(r"\\begin\{([a-zA-Z]*matrix|array)\}.{0,1000}?\\end\{\1\}", re.DOTALL),
     re.compile(rf"[(\[]\s*{_ITEM}(?:\s*,\s*{_ITEM})+\s*[)\]]|\\\{{\s*{_ITEM}(?:\s*,\s*{_ITEM})*\s*\\\}}"),
     re.compile(r"-?\d+(?:\.\d+)?\s*(?:\\times|\\cdot|×|x|\*)\s*10\s*\^\s*(?:\{\s*[-+]?\d+\s*\}|[-+]?\d+)"),
     re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?[eE][-+]?\d+(?!\w|\.\d)"),
@@ -317,18 +330,18 @@ def extract(text: str | None, finish: str | None = None, explicit_only: bool = F
         return Extraction(None, "none: empty response")
     truncated = finish in TRUNCATED_FINISH
     norm = normalise(text)
-    statements = _explicit(norm)
-    if truncated:
-        # the last characters may be a number cut in half ("The answer is 1" of "12")
-        statements = [s for s in statements if s[1]]
-    if statements:
-        _, _, rule, answer = max(statements, key=lambda s: s[0])
-        return Extraction(answer, rule)
+    # the last characters may be a number cut in half ("The answer is 1" of "12")
+    statements = [s for s in _explicit(norm) if s.closed or not truncated]
+    last = max(statements, key=lambda s: s.start, default=None)
+    if last and last.answer is not None:
+        return Extraction(last.answer, last.rule)
     if truncated:
         return Extraction(None, f"none: truncated (finish={finish}) before any explicit final answer")
     if explicit_only:
-        return Extraction(None, "none: no explicit final answer (explicit_answers_only)")
-    closing = _closing(norm)
+        why = "the last explicit statement takes the answer back" if last else "no explicit final answer"
+        return Extraction(None, f"none: {why} (explicit_answers_only)")
+    # after a statement that takes the answer back, only what follows it may state another
+    closing = _closing(norm[last.end :] if last else norm)
     return closing or Extraction(None, "none: no number in the response")
 
 
@@ -343,7 +356,7 @@ def reference_answer(reference: str) -> str:
     '18.00'
     """
     norm = normalise(reference)
-    statements = _explicit(norm)
-    if statements:
-        return max(statements, key=lambda s: s[0])[3]
+    last = max(_explicit(norm), key=lambda s: s.start, default=None)
+    if last and last.answer is not None:
+        return last.answer
     return clean_answer(norm, max_words=6) or reference.strip()
