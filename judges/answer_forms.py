@@ -192,7 +192,7 @@ def _skip_filler(s: str) -> str:
 # --- one answer ---------------------------------------------------------------------------------
 
 _SENTENCE_CUT = re.compile(r"\.\s|\.$|;|\n|[!?](?:\s|$)")
-_LIST_SEP = re.compile(r"\s*,\s*(?:(?:and|or)\s+)?|\s+(?:and|or)\s+")
+_LIST_SEP = re.compile(r"(\s*,\s*(?:(?:and|or)\s+)?|\s+(?:and|or)\s+)")
 # "(B)", "B", "B)"; not the variable of "A = 5" or "B + C"
 _LETTER = re.compile(r"\(\s*([A-E])\s*\)|\b([A-E])\)?(?!\w|\s*[=+\-*/^<>])")
 _ITEM_SEP = re.compile(r"\s*(?:,\s*(?:(?:and|or)\s+)?|\b(?:and|or)\s+)")
@@ -320,8 +320,14 @@ def _word_answer(masked: str, groups: list[str], max_words: int) -> str | None:
     return ", ".join([first, *rest]) if rest and None not in rest else first  # type: ignore[list-item]
 
 
+#: What ``clean_answer`` gives for a statement that offers alternatives ("3 or maybe 5"): no answer,
+#: and unlike None, one that leaves no earlier answer standing.
+WITHDRAWN = ""
+
+
 def clean_answer(candidate: str, max_words: int = 4) -> str | None:
-    r"""The answer at the start of the text that follows a final statement, or None when it holds none.
+    r"""The answer at the start of the text that follows a final statement, or None when it holds none
+    (``WITHDRAWN`` when it offers alternatives).
 
     Units and trailing words go ("12 marbles each." → ``12``), as do currency signs, thousands
     separators, LaTeX wrappers and the working before the last "=" (the module docstring says how
@@ -356,11 +362,11 @@ def clean_answer(candidate: str, max_words: int = 4) -> str | None:
             letters = _choice_letters(_unmask(masked, groups))
             if letters:
                 return letters
-    pieces = _LIST_SEP.split(masked)
+    pieces = _LIST_SEP.split(masked)  # piece, separator, piece, ...
     values: list[str] = []
     wholes: list[str] = []
-    for i, raw in enumerate(pieces):
-        value, whole, prose = _piece(raw, groups)
+    for i in range(0, len(pieces), 2):
+        value, whole, prose = _piece(pieces[i], groups)
         # a later piece is part of the list only if it is an answer too: "12, 5 more than Ben" is 12
         if value is None or (values and prose > (1 if i == len(pieces) - 1 else 0)):
             break
@@ -368,6 +374,9 @@ def clean_answer(candidate: str, max_words: int = 4) -> str | None:
         wholes.append(whole)
         if prose:
             break
+    rest = "".join(pieces[2 * len(values) - 1 :]) if values else ""
+    if re.search(r"\bor\b\D*\d", rest):
+        return WITHDRAWN  # "3, or possibly 5", "3 apples or 5 pears": alternatives offered
     if len(values) == 1:
         return values[0]
     return ", ".join(dict.fromkeys(wholes)) or None  # a list keeps its names: x = 2, y = 3

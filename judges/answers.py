@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from judges.answer_forms import balanced_end, clean_answer
+from judges.answer_forms import WITHDRAWN, balanced_end, clean_answer
 
 #: finish reasons of a response that did not end on its own (vLLM: "length"; the engine: "context")
 TRUNCATED_FINISH = frozenset({"length", "context", "abort"})
@@ -94,8 +94,9 @@ _CORRECT_IS = re.compile(
 )
 _IS_THE_ANSWER = re.compile(r"\bis\s+(?:the|my|our)\s+(?:final\s+|correct\s+|right\s+)?answer\b", re.IGNORECASE)
 _SCL = re.compile(r"##[ \t]*([^#\n]+?)[ \t]*##")
-# "the answer: 20 is not equal to 20.375", "the answer is not odd", "the answer is incorrect": a
-# statement that takes an answer back holds none, and no earlier statement stands after it.
+# "the answer: 20 is not equal to 20.375", "the answer is not odd", "the answer is incorrect" (and
+# "the answer is 3 or maybe 5"): a statement that takes an answer back holds none, and no earlier
+# statement stands after it.
 _REFUTED = re.compile(r"(?:is|was|are)\s+(?:not\b|wrong|incorrect)|isn't|wasn't", re.IGNORECASE)
 _RETRACTS = re.compile(r"\W*(?:(?:actually|still|clearly|definitely|then|so|also)\s+)*(?:not|incorrect|wrong)\b", re.I)
 _WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
@@ -189,9 +190,10 @@ def _explicit(text: str) -> list[Statement]:
             line = _line_after(text, m.end(), m.start())
             at = text.find(line, m.end())
             prose = _WORD.search(line)
-            if _RETRACTS.match(line) or (prose and _REFUTED.match(line, prose.start())):
+            answer = clean_answer(line)
+            if answer == WITHDRAWN or _RETRACTS.match(line) or (prose and _REFUTED.match(line, prose.start())):
                 found.append(Statement(m.start(), at + len(line), True, rule, None))
-            elif answer := clean_answer(line):
+            elif answer:
                 found.append(Statement(m.start(), at + len(line), _closed_after(text, at, line, answer), rule, answer))
     for m in _IS_THE_ANSWER.finditer(text):
         # "... = 33, which is the answer": the last value of the sentence so far
@@ -340,9 +342,9 @@ def extract(text: str | None, finish: str | None = None, explicit_only: bool = F
     if explicit_only:
         why = "the last explicit statement takes the answer back" if last else "no explicit final answer"
         return Extraction(None, f"none: {why} (explicit_answers_only)")
-    # after a statement that takes the answer back, only what follows it may state another
-    closing = _closing(norm[last.end :] if last else norm)
-    return closing or Extraction(None, "none: no number in the response")
+    if last:  # after a statement that takes the answer back, only what follows it may state another
+        return _closing(norm[last.end :]) or Extraction(None, "none: the last explicit statement takes the answer back")
+    return _closing(norm) or Extraction(None, "none: no number in the response")
 
 
 def reference_answer(reference: str) -> str:
