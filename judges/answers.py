@@ -255,14 +255,19 @@ def _plain(value: str) -> str:
     return clean_answer(value) or value
 
 
+def _listed(text: str, spans: list[re.Match[str]], k: int, gap: re.Pattern[str]) -> list[re.Match[str]]:
+    """``spans[k]`` and its neighbours that ``gap`` joins to it in ``text`` ("2 and 3", "$x = 2$ or $x = 3$")."""
+    lo = hi = k
+    while lo > 0 and gap.fullmatch(text, spans[lo - 1].end(), spans[lo].start()):
+        lo -= 1
+    while hi + 1 < len(spans) and gap.fullmatch(text, spans[hi].end(), spans[hi + 1].start()):
+        hi += 1
+    return spans[lo : hi + 1]
+
+
 def _token_list(sentence: str, tokens: list[re.Match[str]], k: int) -> str:
     """Value ``k`` of the sentence, with the values it is listed with ("2 and 3", "x = 2 or x = 3")."""
-    lo = hi = k
-    while lo > 0 and _LIST_GAP.fullmatch(sentence, tokens[lo - 1].end(), tokens[lo].start()):
-        lo -= 1
-    while hi + 1 < len(tokens) and _LIST_GAP.fullmatch(sentence, tokens[hi].end(), tokens[hi + 1].start()):
-        hi += 1
-    return ", ".join(dict.fromkeys(_plain(t.group()) for t in tokens[lo : hi + 1]))
+    return ", ".join(dict.fromkeys(_plain(t.group()) for t in _listed(sentence, tokens, k, _LIST_GAP)))
 
 
 def _formula_answer(sentence: str, value: re.Match[str]) -> str | None:
@@ -270,14 +275,7 @@ def _formula_answer(sentence: str, value: re.Match[str]) -> str | None:
     formulas = list(re.finditer(r"\$([^$]+)\$", sentence))
     for k, formula in enumerate(formulas):
         if formula.start() <= value.start() < formula.end():
-            lo = hi = k
-            while lo > 0 and _FORMULA_GAP.fullmatch(sentence, formulas[lo - 1].end(), formulas[lo].start()):
-                lo -= 1
-            while hi + 1 < len(formulas) and _FORMULA_GAP.fullmatch(
-                sentence, formulas[hi].end(), formulas[hi + 1].start()
-            ):
-                hi += 1
-            return clean_answer(", ".join(f.group(1) for f in formulas[lo : hi + 1]))
+            return clean_answer(", ".join(f.group(1) for f in _listed(sentence, formulas, k, _FORMULA_GAP)))
     return None
 
 

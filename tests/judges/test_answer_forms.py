@@ -113,10 +113,27 @@ def test_answer_read_whole(text, answer):
         "The answer is that she had some left.",
         "The answer is given below.",
         r"\boxed{x}",
+        r"\boxed{2} and \boxed{N}",
     ],
 )
 def test_no_answer_where_none_is_stated_whole(text):
     assert extract(text, explicit_only=True).answer is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The answer is odd. Checking f(-x) once more, the answer is not odd.",
+        "The answer is 12.\nThe answer is incorrect.",
+        "The answer is 12. Hmm, the answer is not 12.",
+        "The answer is 3, or possibly 5.",
+        "The answer is 3 apples or 5 pears.",
+    ],
+)
+def test_an_answer_taken_back_or_hedged_leaves_none_standing(text):
+    for explicit_only in (False, True):
+        found = extract(text, explicit_only=explicit_only)
+        assert found.answer is None and "takes the answer back" in found.rule, found
 
 
 def test_a_truncated_list_of_boxes_is_no_answer():
