@@ -193,3 +193,12 @@ def test_words_compare_as_words():
     assert same_answer("B", "(B)") and same_answer("Odd", "odd") and same_answer("B", r"\text{(B)}")
     assert not same_answer("not odd", "odd") and not same_answer("A, B", "A") and not same_answer("five", "5")
     assert not same_answer(".5", "5")  # text that math-verify parses differently is not compared as text
+
+
+def test_docstring_examples():
+    import doctest
+
+    import judges.answer_forms
+
+    failed, tried = doctest.testmod(judges.answer_forms)
+    assert failed == 0 and tried >= 6
