@@ -72,6 +72,7 @@ def normalise(text: str) -> str:
     text = _HEADING.sub("", text)
     text = text.replace("\\$", "").replace("\\!", "").replace("{,}", ",")  # \$1{,}000\!000
     text = re.sub(r"(?<=\d)\\,(?=\d{3}(?!\d))", "", text)
+    text = re.sub(r"(\\[A-Za-z]+)(?=\d)", r"\1 ", text)  # \approx11, \sqrt3: the number on its own
     text = re.sub(r"\\(?:left|right|[bB]igg?[lr]?)\s*(?=[()\[\]|]|\\[{}|])", "", text)
     text = text.replace("\\(", "$").replace("\\)", "$").replace("\\[", "$").replace("\\]", "$")
     text = text.replace("$$", "$")
@@ -207,7 +208,7 @@ def _explicit(text: str) -> list[Statement]:
 
 # --- implicit: the closing sentence --------------------------------------------------------------
 
-_SENTENCE_END = re.compile(r"(?<!\d)\.(?!\d)|[!?\n]|\.(?=\s|$)")
+_SENTENCE_END = re.compile(r"(?<!\d)\.(?!\d)|[!?](?!=)|\n|\.(?=\s|$)")
 _CONCLUSION = re.compile(
     r"^\W*(?:therefore|thus|so|hence|in total|altogether|in the end|finally|overall)\b", re.IGNORECASE
 )
