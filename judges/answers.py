@@ -8,8 +8,10 @@ mid-text ("The answer is 12. Wait, 7+6 is 13, so the answer is 13."). The rules,
    answer: / final answer / correct answer is", "the correct (final, right ...) total/result/number
    is", "..., which is the answer". The last one in the text wins; one that holds no answer
    ("Answer: I added wrongly", "## Step 1 ##", "#### Step 1", "The answer is N") is skipped, and so
-   is one about an earlier answer ("my previous answer is 12") or a refuted one ("the answer: 20 is
-   not equal to ..."). Boxes joined by "and", "or" or commas are one answer, a list.
+   is one about an earlier answer ("my previous answer is 12"). One that takes the answer back ("the
+   answer is not 12", "... is incorrect", "the answer: 20 is not equal to ...", "3, or possibly 5")
+   leaves none standing: only what follows it counts. Boxes joined by "and", "or" or commas are
+   one answer, a list.
 2. with none of those: the last sentence that holds a value — the value after its last "=" (none
    when the equation ends in a letter: "4 + 3 = N"), else the first value of a conclusion
    ("Therefore, Ava has 12 apples after ..."), else its last value; read whole (a fraction, a
