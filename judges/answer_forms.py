@@ -39,7 +39,7 @@ _UNICODE = {
 }
 _UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
 _SPACE_THOUSANDS = re.compile(r"(?<=\d)[ \u00a0\u202f](?=\d{3}(?!\d))")
-_COMMA_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_COMMA_THOUSANDS = re.compile(r"(?<![\d.,])[1-9]\d{0,2}(?:,\d{3})+(?!\d)")  # 1,234,567; not 0,111 or 95,100)
 # 3e5, 6.02E-23 (not 2e in "2each"); "3 x 10^5" and "3 * 10^5" as LaTeX
 _SCIENTIFIC = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([-+]?\d+)(?!\w|\.\d)")
 _TIMES_TEN = re.compile(r"(?<=\d)\s*(?:[x*]|\\times|\\cdot)\s*(?=10\s*\^)")
@@ -349,7 +349,7 @@ def clean_answer(candidate: str, max_words: int = 4) -> str | None:
     s = _skip_filler(_prepare(candidate))
     masked, groups = _mask(s)
     # thousands separators only outside brackets: "[95,100)" is an interval, not 95100
-    masked = _COMMA_THOUSANDS.sub("", _SPACE_THOUSANDS.sub("", masked))
+    masked = _COMMA_THOUSANDS.sub(lambda m: m.group().replace(",", ""), _SPACE_THOUSANDS.sub("", masked))
     end = _SENTENCE_CUT.search(masked)
     asked = bool(end and end.group().startswith("?"))  # 'the answer to "How many books is Ivo now?"'
     masked = _cut_aside(masked[: end.start()] if end else masked, groups).strip()

@@ -216,7 +216,7 @@ _CONCLUSION = re.compile(
 )
 _NUMBER = re.compile(
     r"(?:(?<![\w)\]}.])-)?(?<![\w.])"  # a minus sign only where it is not subtraction ("7-3")
-    r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d{1,3}(?:[ \u00a0\u202f]\d{3})+(?![\d.,])|\d+|(?=\.\d))"
+    r"(?:[1-9]\d{0,2}(?:,\d{3})+(?!\d)|\d{1,3}(?:[ \u00a0\u202f]\d{3})+(?![\d.,])|\d+|(?=\.\d))"
     r"(?:\.\d+)?(?:/\d+)?%?"
 )
 _ITEM = (
