@@ -31,7 +31,7 @@ class Case(NamedTuple):
 
 
 # Reasons math-verify's verdict differs from ours, shared by several cases.
-MV_PLAIN_TUPLE = "math-verify reads a tuple written without $...$ as its last number"
+MV_PLAIN_TUPLE = "math-verify reads a tuple or interval written without $...$ as its last number"
 MV_LAST_NUMBER = "math-verify takes the last number of the text, one element of the list it ends"
 MV_RELATION_TEXT = "math-verify reads a relation written without $...$ as its last number"
 MV_NO_LETTERS = "math-verify's default targets have no choice letters or words outside LaTeX"
