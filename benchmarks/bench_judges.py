@@ -19,7 +19,7 @@
 
 Measured (10,000 rows each, one process on AMD EPYC, 2 cores shared, avx512_bf16, no AMX; two runs
 each), rows/s of the verifier before → after the form-aware answer reader (``judges.answer_forms``):
-arithmetic 687 / 702 → 2773 / 1818 (same verdicts: 4980 right), MATH forms 115 / 102 → 166 / 203
+arithmetic 750 / 761 → 3056 / 2624 (same verdicts: 4980 right), MATH forms 133 / 127 → 215 / 177
 (right answers credited: 1400 → 5000 of 5000). Nearly all the time is math-verify's LaTeX parser;
 integers are compared without it, and a reference is parsed once for all the samples of its prompt.
 """
