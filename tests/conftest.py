@@ -32,16 +32,11 @@ def smollm2_tokenizer():
     return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
 
 
-def build_tiny_llama(out_dir: Path, seed: int = 0, head: str = "LlamaForCausalLM", **config_extra) -> Path:
-    """A 2-layer random Llama (head_dim 64, as CPU vLLM attention needs) with SmolLM2's tokenizer.
-
-    ``head`` names the transformers class (``LlamaForSequenceClassification`` for a reward model).
-    """
-    import torch
+def tiny_llama_config(tokenizer, **extra):
+    """2 layers, hidden 128, 2 heads of 64 (as CPU vLLM attention needs), 1 KV head, tied embeddings."""
     import transformers
 
-    tokenizer = smollm2_tokenizer()
-    config = transformers.LlamaConfig(
+    return transformers.LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
         intermediate_size=256,
@@ -53,8 +48,20 @@ def build_tiny_llama(out_dir: Path, seed: int = 0, head: str = "LlamaForCausalLM
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **config_extra,
+        **extra,
     )
+
+
+def build_tiny_llama(out_dir: Path, seed: int = 0, head: str = "LlamaForCausalLM", **config_extra) -> Path:
+    """A 2-layer random Llama (head_dim 64, as CPU vLLM attention needs) with SmolLM2's tokenizer.
+
+    ``head`` names the transformers class (``LlamaForSequenceClassification`` for a reward model).
+    """
+    import torch
+    import transformers
+
+    tokenizer = smollm2_tokenizer()
+    config = tiny_llama_config(tokenizer, **config_extra)
     torch.manual_seed(seed)
     model = getattr(transformers, head)(config).to(torch.float32)
     model.save_pretrained(out_dir)
@@ -89,19 +96,7 @@ def build_tiny_vlm(out_dir: Path, seed: int = 0) -> Path:
     marks = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
     tiles = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
     tokenizer.add_special_tokens({"additional_special_tokens": marks + tiles})
-    text = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = tiny_llama_config(tokenizer)
     vision = transformers.Idefics3VisionConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1, image_size=32, patch_size=8
     )
