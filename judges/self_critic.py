@@ -87,6 +87,19 @@ class SelfCriticJudge(BaseJudge):
         outputs = self.llm.chat(conversations, self.sampling, use_tqdm=False)
         return [o.outputs[0].text for o in outputs]
 
+    def answers(self, conversations: list[list[dict[str, Any]]]) -> list[tuple[str, str]]:
+        """(the critic's text, "") per conversation, or ("", why vLLM refused it): a critic prompt longer than
+        the context (SIMA's, with its examples and the picture, is over a thousand tokens) is one row's
+        problem, not the batch's. The batch is tried whole first, then one by one to find the refused."""
+        from vllm.exceptions import VLLMClientError
+
+        try:
+            return [(text, "") for text in self.generate(conversations)]
+        except VLLMClientError as e:
+            if len(conversations) == 1:
+                return [("", f"vLLM refused the critic's prompt: {str(e).splitlines()[0]}")]
+        return [answer for c in conversations for answer in self.answers([c])]
+
     def ask(self, row: dict[str, Any], first: str, second: str) -> list[dict[str, Any]]:
         """The critic's conversation about one pair: SIMA's own prompt beside the images, else the text one."""
         images = image_parts(row)
@@ -108,10 +121,13 @@ class SelfCriticJudge(BaseJudge):
             where.append(i)
         if asks:
             self.stats.calls += len(asks)
-            for i, text in zip(where, self.generate(asks), strict=True):
+            for i, (text, refused) in zip(where, self.answers(asks), strict=True):
                 verdict = parse_verdict(text)
                 results[i].raw = text
-                if verdict is None:
+                if refused:
+                    results[i].pref = 0
+                    results[i].flag(refused)
+                elif verdict is None:
                     results[i].pref = 0
                     results[i].flag("no verdict in the critic's answer")
                 else:

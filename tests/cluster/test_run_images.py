@@ -40,11 +40,11 @@ def test_image_prompts_through_every_stage(tmp_path, tiny_vlm_dir):
             "generate.n=2",
             "generate.max_tokens=8",
             "generate.shard_size=4",
-            "generate.engine.max_model_len=512",
+            "generate.engine.max_model_len=2048",  # SIMA's critic prompt is over a thousand tokens
             "ray.num_cpus=2",
             "ray.include_dashboard=false",
-            # the random model's critic gives no verdict (rows kept, flagged); the embedding judge's
-            # scores make the pairs
+            # the random model's critic answers with no verdict (rows kept, flagged); the embedding
+            # judge's scores make the pairs
             "judges.verifier=false",
             "judges.self_critic={max_tokens: 8}",
             "judges.embedding={}",
@@ -77,7 +77,7 @@ def test_image_prompts_through_every_stage(tmp_path, tiny_vlm_dir):
 
     judged = pads.dataset(str(run_dir / "judge"), format="parquet").to_table().to_pylist()
     critic = [r for r in judged if r["sample_idx"] == 1]
-    assert len(judged) == 8 and all(r["self_critic_raw"] or r["self_critic_error"] for r in critic)
+    assert len(judged) == 8 and all(r["self_critic_raw"] for r in critic)  # it answered, looking at the picture
     pairs = pads.dataset(str(run_dir / "build"), format="parquet").to_table().to_pylist()
     assert pairs and all(p["images"] for p in pairs)
 

@@ -57,12 +57,18 @@ def test_image_parts_are_data_urls_of_the_row_bytes():
         image_parts({"prompt_id": "t", "images": ["ab.png"]})
 
 
-def test_self_critic_shows_the_image_and_maps_a_swapped_verdict_back():
-    # The tiny random model cannot be made to pick a response, so the engine's answers are given here:
-    # what is tested is what the critic is asked and how its verdict lands in the row.
+def critic(**settings) -> SelfCriticJudge:
+    """The self-critic without its engine. The tiny random model cannot be made to pick a response (or to
+    refuse one), so each test gives the engine's answers: what is tested is what the critic is asked and
+    how its answer lands in the row."""
     judge = object.__new__(SelfCriticJudge)
     judge.name, judge.stats = "critic", JudgeStats()
-    judge.settings = judge_settings("critic", {"type": "self_critic", "model": "m", "order": "swapped"})
+    judge.settings = judge_settings("critic", {"type": "self_critic", "model": "m", **settings})
+    return judge
+
+
+def test_self_critic_shows_the_image_and_maps_a_swapped_verdict_back():
+    judge = critic(order="swapped")
     asked = []
 
     def answer(conversations):
@@ -78,6 +84,23 @@ def test_self_critic_shows_the_image_and_maps_a_swapped_verdict_back():
     # swapped: response 1 is the sampled answer, as in SIMA's seed; its [[1]] is the pair's second
     assert "AI generated response 1: [There are 5.]\nAI generated response 2: [There are 3.]" in parts[1]["text"]
     assert results[1].pref == 2 and results[0].pref is None
+
+
+def test_a_prompt_vllm_refuses_flags_its_row_and_the_rest_are_judged():
+    from vllm.exceptions import VLLMValidationError
+
+    judge = critic()
+
+    def answer(conversations):
+        if any("There are 9." in str(c) for c in conversations):
+            raise VLLMValidationError("This model's maximum context length is 512 tokens. However, ...")
+        return ["The better AI generated response: [[2]]."] * len(conversations)
+
+    judge.generate = answer
+    rows = [image_row(0, "There are 3."), image_row(1, "There are 9."), image_row(2, "There are 4.")]
+    _, refused, judged = judge.judge(rows)
+    assert refused.pref == 0 and "maximum context length is 512" in refused.error and refused.raw == ""
+    assert (judged.pref, judged.error) == (2, "")
 
 
 def test_api_judge_sends_images_as_gpt4v_content_parts(monkeypatch):
