@@ -3,8 +3,9 @@ and memory with 1x and 10x the image prompts.
 
     python benchmarks/bench_images.py [--prompts 32] [--n 4] [--max-tokens 32] [--repeats 2] [--out runs/bench_images]
 
-The model is the tests' tiny random LLaVA-1.5 (CLIP tower, 32 x 32 pictures as 16 tokens, SmolLM2's
-tokenizer), built once under ``--out``: no vision-language weights can be downloaded here. The
+The model is the tests' tiny random Idefics3 (32 x 32 pictures as 7 tokens, SmolLM2's tokenizer),
+built once under ``--out``: no vision-language weights can be downloaded here, and vLLM's CPU build
+cannot import its LLaVA module without torchvision. The
 prompts are the built-in picture questions (96 x 96 PNG). Both sides get the same prompts, the same
 pictures, the same n, max_tokens, temperature and per-prompt seeds (the stage's), so they produce the
 same tokens; the comparison is the stage's overhead — Ray Data, the turn logic, the image store
@@ -31,12 +32,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from benchmarks.measure import run_measured  # noqa: E402
 
 
-def tiny_llava(out: Path) -> Path:
-    folder = out / "tiny-llava"
+def tiny_vlm(out: Path) -> Path:
+    folder = out / "tiny-vlm"
     if not (folder / "model.safetensors").exists():
-        from conftest import build_tiny_llava
+        from conftest import build_tiny_vlm
 
-        build_tiny_llava(folder)
+        build_tiny_vlm(folder)
     return folder
 
 
@@ -126,8 +127,8 @@ def main() -> None:
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    model = tiny_llava(args.out)
-    results: dict = {"prompts": args.prompts, "n": args.n, "max_tokens": args.max_tokens, "model": "tiny LLaVA-1.5"}
+    model = tiny_vlm(args.out)
+    results: dict = {"prompts": args.prompts, "n": args.n, "max_tokens": args.max_tokens, "model": "tiny Idefics3"}
     stage_runs, bare_runs = [], []
     for i in range(args.repeats):  # alternating; the best of each counts (a stray process slows one run)
         run = args.out / f"throughput{i}"
