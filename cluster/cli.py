@@ -43,7 +43,7 @@ rebuilt from RUN_DIR/eval/metrics.json every time.
 EPILOG = """\
 Useful keys: run_dir, model (smollm2-135m-instruct, an HF name or a folder), seed,
 prompts.path (JSONL/Parquet file or folder, or a saved HF dataset) or prompts.builtin
-(arithmetic | humaneval), prompts.limit, generate.mode (two_attempt | selfee | sima | single),
+(arithmetic | humaneval | pictures), prompts.limit, generate.mode (two_attempt | selfee | sima | single),
 generate.n, generate.max_tokens, generate.temperature, generate.engine.num_gpus,
 generate.engine.max_actors, ray.address (auto joins a cluster).
 """
