@@ -32,7 +32,7 @@ class Strict(BaseModel):
 
 class PromptsConfig(Strict):
     path: str | None = Field(None, description="JSONL or Parquet file, a folder of them, or a saved HF dataset")
-    builtin: Literal["arithmetic", "humaneval"] | None = Field(
+    builtin: Literal["arithmetic", "humaneval", "pictures"] | None = Field(
         "arithmetic", description="a built-in task set, used when no path is given"
     )
     split: Literal["train", "test"] = "train"
@@ -43,6 +43,9 @@ class PromptsConfig(Strict):
     prompt_field: str = "prompt"
     reference_field: str = "reference"
     task_field: str = "task"
+    images_field: str | None = Field(
+        None, description="field holding a row's image or images (default: 'images', else 'image')"
+    )
     task: Literal["math", "code", "open"] = Field("open", description="task type for rows that name none")
 
     @model_validator(mode="after")

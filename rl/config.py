@@ -89,6 +89,20 @@ class LoraConfig(Strict):
     )
 
 
+class VisionTrainConfig(Strict):
+    """What trains in a vision-language model besides the language model's LoRA (or full) weights (``rl.vision``)."""
+
+    tower: Literal["frozen", "lora", "full"] = Field(
+        "frozen", description="the vision encoder: frozen, LoRA on its target modules too, or all its weights"
+    )
+    projector: Literal["frozen", "full"] = Field(
+        "frozen", description="the projector from vision features to the language model: frozen or all its weights"
+    )
+    projector_lr: float | None = Field(
+        None, gt=0, description="learning rate of the projector when it trains (default: train.lr; SIMA: 2e-5)"
+    )
+
+
 class SftFirstConfig(Strict):
     """SFT on the chosen responses before DPO, and DPO from the result (Self-Contrast's starting point)."""
 
@@ -177,6 +191,7 @@ class TrainConfig(Strict):
     )
     score: ScoreConfig = ScoreConfig()
     lora: LoraConfig = LoraConfig()
+    vision: VisionTrainConfig = VisionTrainConfig()
     beta: float = Field(0.1, gt=0, description="DPO: strength of the pull toward the reference model")
     sft_beta: float = Field(
         0.0,
