@@ -7,7 +7,8 @@ approach), then forward + backward of the model on ``batch x seq`` tokens in fiv
 full fine-tuning; float32 weights under bfloat16 autocast (what TRL's ``bf16=True`` does for full
 fine-tuning); LoRA on float32 weights; LoRA on bfloat16 weights (PEFT keeps the adapters in
 float32: the frozen base needs no master copy), without and with autocast. Each is timed as the
-median of a few steps after a warm-up, with its share of the bfloat16 matmul peak ((6 or, under LoRA, 4) x params x tokens / step time).
+median of a few steps after a warm-up, with its share of the bfloat16 matmul peak: (6, or 4 under
+LoRA, where no weight gradient is computed) x params x tokens / step time.
 """
 
 from __future__ import annotations
