@@ -185,7 +185,8 @@ def _selfee_rounds(
             return []
         return complete(
             [
-                Request(dialogues[id(r)], 1, temperature, derive_seed(seed, r["prompt_id"], turn, r["sample_idx"]))
+                Request(dialogues[id(r)], 1, temperature, derive_seed(seed, r["prompt_id"], turn, r["sample_idx"]),
+                        images=tuple(r["images"]))
                 for r in rows_
             ]
         )
@@ -290,7 +291,8 @@ def _selfee_chains(
     texts: dict[int, str] = {}
     firsts = complete(
         [
-            Request(base_conversation(p, cfg), cfg.n, cfg.temperature, derive_seed(seed, p.prompt_id, "a1"), stops)
+            Request(base_conversation(p, cfg), cfg.n, cfg.temperature, derive_seed(seed, p.prompt_id, "a1"), stops,
+                    images=p.images)
             for p in prompts
         ]
     )
@@ -336,6 +338,7 @@ def _selfee_chains(
                         derive_seed(seed, r["prompt_id"], f"chain{step}", r["sample_idx"]),
                         stops,
                         continue_final=True,
+                        images=tuple(r["images"]),
                     )
                     for r in going
                 ]

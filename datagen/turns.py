@@ -36,6 +36,7 @@ class Request:
     stop: tuple[str, ...] = ()  # strings that end the completion (left out of its text)
     continue_final: bool = False  # extend the last (assistant) message instead of starting a new one
     logprobs: bool = False  # also return each sampled token's log-probability
+    images: tuple[str, ...] = ()  # image ids (datagen.records): the pictures of the first user message
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ def sample_row(prompt: Prompt, idx: int, cfg: GenerateConfig, model: str, seed: 
         "sample_idx": idx,
         "task": prompt.task,
         "messages": prompt.messages,
+        "images": list(prompt.images),
         "reference": prompt.reference,
         "metadata": json.dumps(prompt.metadata, sort_keys=True),
         "mode": cfg.mode,
@@ -146,9 +148,8 @@ def single(prompts: list[Prompt], cfg: GenerateConfig, complete: Complete, *, mo
     """n samples of attempt 1 from one request per prompt (Self-Contrast)."""
     outs = complete(
         [
-            Request(
-                base_conversation(p, cfg), cfg.n, cfg.temperature, derive_seed(seed, p.prompt_id, tag.format(turn="a1"))
-            )
+            Request(base_conversation(p, cfg), cfg.n, cfg.temperature,
+                    derive_seed(seed, p.prompt_id, tag.format(turn="a1")), images=p.images)
             for p in prompts
         ]
     )  # fmt: skip
@@ -162,9 +163,10 @@ def sima(prompts: list[Prompt], cfg: GenerateConfig, complete: Complete, *, mode
     requests: list[Request] = []
     for p in prompts:
         conv = base_conversation(p, cfg)
-        requests.append(Request(conv, 1, 0.0, derive_seed(seed, p.prompt_id, tag.format(turn="greedy"))))
+        greedy = derive_seed(seed, p.prompt_id, tag.format(turn="greedy"))
+        requests.append(Request(conv, 1, 0.0, greedy, images=p.images))
         a1 = derive_seed(seed, p.prompt_id, tag.format(turn="a1"))
-        requests.append(Request(conv, cfg.n - 1, cfg.temperature, a1))
+        requests.append(Request(conv, cfg.n - 1, cfg.temperature, a1, images=p.images))
     outputs = complete(requests)
     rows = _first_rows(prompts, [outputs[i] + outputs[i + 1] for i in range(0, len(outputs), 2)], cfg, model, seed)
     for row in rows:
@@ -200,7 +202,7 @@ def two_attempts(
     firsts = complete(
         [
             Request(base_conversation(p, cfg), cfg.n, cfg.temperature,
-                    derive_seed(seed, p.prompt_id, tag.format(turn="a1")), logprobs=logprobs)
+                    derive_seed(seed, p.prompt_id, tag.format(turn="a1")), logprobs=logprobs, images=p.images)
             for p in prompts
         ]
     )  # fmt: skip
@@ -213,7 +215,8 @@ def two_attempts(
     outs2 = complete(
         [
             Request(r["conversation"], 1, second_t,
-                    derive_seed(seed, r["prompt_id"], tag.format(turn="a2"), r["sample_idx"]), logprobs=logprobs)
+                    derive_seed(seed, r["prompt_id"], tag.format(turn="a2"), r["sample_idx"]), logprobs=logprobs,
+                    images=tuple(r["images"]))
             for r in rows
         ]
     )  # fmt: skip

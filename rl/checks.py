@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 
+from datagen.images import ImageStore, store_location
 from datagen.shards import StageDir, StageInputError
+from datagen.vision import is_vision_model
 from rl.config import TrainConfig
 from rl.sampler import GroupedWindowSampler
 
@@ -36,12 +38,22 @@ def check_lora_targets(cfg: TrainConfig, model_path: str) -> None:
 
     The model is built on the meta device from its config: no weights are read.
     """
-    if not cfg.lora.enabled or cfg.lora.target_modules == "all-linear":
+    if not cfg.lora.enabled:
         return
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
+    vision = is_vision_model(model_path)
+    if cfg.lora.target_modules == "all-linear" and not vision:
+        return
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+        auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        model = auto.from_config(AutoConfig.from_pretrained(model_path))
+    if vision:  # the language model's targets, and the vision parts train.vision names (rl.vision)
+        from rl.vision import fully_trained, lora_targets
+
+        lora_targets(model, cfg.lora, cfg.vision)
+        fully_trained(model, cfg.vision)
+        return
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [m for m in cfg.lora.target_modules if m not in names]
     if missing:
@@ -58,7 +70,8 @@ def check_data(cfg: TrainConfig, model_path: str, build_dir: StageDir, echo: boo
     Checks that the build finished and holds examples of the kind ``cfg.algorithm`` trains on, that
     the LoRA targets exist in the model and its tokenizer has a chat template, and
     measures every sequence TRL will train on (prompt + chosen and prompt + rejected, or the SFT
-    messages) with the model's tokenizer. TRL cuts a longer sequence at ``max_length`` — the end of the
+    messages) with the model's tokenizer (a vision-language model's processor, with the pairs' images
+    from the run's image store beside the build). TRL cuts a longer sequence at ``max_length`` — the end of the
     answer, where it is decided — and drops an example whose prompt alone fills it; here such
     examples are refused (``too_long: error``) or left out and counted (``drop``), never cut. Also
     counts the groups that span more than one optimizer step and the padding the grouped order needs.
@@ -79,7 +92,12 @@ def check_data(cfg: TrainConfig, model_path: str, build_dir: StageDir, echo: boo
         convs = [[r["messages"]] for r in rows]
     else:
         convs = [[r["prompt"] + r["chosen"], r["prompt"] + r["rejected"]] for r in rows]
-    flat = _token_lengths(model_path, [c for cs in convs for c in cs])
+    if is_vision_model(model_path):  # the processor's template, each image as many tokens as it becomes
+        from rl.vision import token_lengths
+
+        flat = token_lengths(model_path, rows, convs, ImageStore(store_location(build_dir.path.parent)))
+    else:
+        flat = _token_lengths(model_path, [c for cs in convs for c in cs])
     longest, it = [], iter(flat)
     for cs in convs:
         longest.append(max(next(it) for _ in cs))

@@ -112,6 +112,8 @@ def plan_score(inputs: TrainInputs, prompts: list[Prompt]) -> ScorePlan:
     cfg = inputs.train
     s = cfg.score
     check_score(cfg, inputs.judges, inputs.model_path, inputs.generate)
+    if any(p.images for p in prompts):
+        raise StageInputError("train.algorithm: score samples text prompts only; these prompts carry images")
     generate = inputs.generate.model_copy(update={"max_tokens": s.max_tokens or inputs.generate.max_tokens})
     check_lengths(prompts, inputs.model_path, generate)
     judge = inputs.judges[s.judge]

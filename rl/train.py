@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from datagen.images import store_location
 from datagen.metrics import stage_tags
 from datagen.shards import STAGE_FILE, SUCCESS_FILE, StageDir, atomic_write_json
 from datagen.storage import Location, ObjectPath, read_json, upload_folder
@@ -68,6 +69,7 @@ from rl.trl_bridge import (  # noqa: F401
     _with_row_ids,
     build_trainer,
     split_at_last_user,
+    train_dtype,
 )
 
 
@@ -96,7 +98,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
             trainer.add_callback(cb)
         trainer.train(resume_from_checkpoint=resume_dir)
         final = Path(work) / "final"
-        metrics = {"final": 1, "step": trainer.state.global_step}
+        metrics = {"final": 1, "step": trainer.state.global_step, "dtype": str(train_dtype(
+            TrainConfig.model_validate(cfg["train"]), use_cpu))}
         if ctx.get_world_rank() == 0:
             _save_final(trainer, cfg["model_path"], final, cfg["train"]["merge"])
             atomic_write_json(final / "log_history.json", trainer.state.log_history)
@@ -197,6 +200,7 @@ def run_train(
         "model_path": model_path,
         "exclude": report["exclude"],
         "data_files": [str(p) for p in build_dir.shard_paths()],
+        "image_dir": str(store_location(build_dir.path.parent)),  # the run's images (RUN_DIR/images)
         "cpus_per_worker": cfg.cpus_per_worker,
         "log_samples": cfg.log_samples,
         "sample_log_dir": str(local / "samples"),
@@ -220,6 +224,7 @@ def run_train(
         "pairs": build["pairs_out"],
         "data": {k: v for k, v in report.items() if k != "exclude"},
         "seconds": round(time.perf_counter() - start, 2),
+        "dtype": metrics.get("dtype"),
         "model": str(out.path / "model"),
         "adapter": str(out.path / "adapter") if cfg.lora.enabled else None,
     }

@@ -13,9 +13,12 @@ from typing import Any
 
 import torch
 
+from datagen.hardware import Dtype, resolve_dtype
+from datagen.images import ImageStore
 from datagen.metrics import record_train
 from datagen.shards import StageInputError, atomic_write_json
 from datagen.storage import read_table
+from datagen.vision import is_vision_model
 from rl.config import TrainConfig
 from rl.raytrain import PROGRESS_FILE, append_line
 from rl.sampler import GroupedWindowSampler
@@ -27,6 +30,8 @@ def _trainer_class(base: type) -> type:
     class ProjectTrainer(base):  # type: ignore[misc, valid-type]
         group_pairs: bool = True
         step_ids: list[str]
+        projector_lr: float | None = None
+        projector_names: list[str] = []
 
         def _get_train_sampler(self, train_dataset=None):
             if self.group_pairs and "group" in self.train_dataset.column_names:
@@ -42,6 +47,14 @@ def _trainer_class(base: type) -> type:
             super()._set_signature_columns_if_needed()
             if "row_id" not in self._signature_columns:
                 self._signature_columns = [*self._signature_columns, "row_id"]
+
+        def create_optimizer(self, *args, **kwargs):
+            optimizer = super().create_optimizer(*args, **kwargs)
+            if self.projector_lr is not None:  # a vision-language model's projector at its own rate (rl.vision)
+                from rl.vision import projector_params, split_lr
+
+                split_lr(optimizer, projector_params(self.model, self.projector_names), self.projector_lr)
+            return optimizer
 
         def compute_loss(self, model, inputs, *args, **kwargs):
             row_ids = inputs.pop("row_ids", None)
@@ -120,8 +133,10 @@ def _callbacks(trainer, cfg: dict[str, Any], pair_ids: list[str]):
     return [ReportCheckpoints(), LogSamples(), LogMetrics()]
 
 
-def _load_dataset(paths: list[str], algorithm: str, exclude: frozenset[str] = frozenset()):
-    """The build's examples as a ``datasets.Dataset``, less the ``exclude`` pair ids (counted upstream)."""
+def _load_dataset(paths: list[str], algorithm: str, exclude: frozenset[str] = frozenset(), images: bool = False):
+    """The build's examples as a ``datasets.Dataset``, less the ``exclude`` pair ids (counted upstream).
+
+    ``images`` keeps each example's image ids (a vision-language model's training set)."""
     import datasets
     import pyarrow as pa
 
@@ -134,6 +149,10 @@ def _load_dataset(paths: list[str], algorithm: str, exclude: frozenset[str] = fr
     if algorithm == "sft":
         table = _prompt_completion(table)
     keep = ["prompt", "completion"] if algorithm == "sft" else ["prompt", "chosen", "rejected"]
+    if images:
+        if "images" not in table.column_names:  # a build made before images were kept
+            table = table.append_column("images", pa.array([[]] * table.num_rows, pa.list_(pa.string())))
+        keep.append("images")
     table = table.select([*keep, "pair_id", "group"])
     table = table.append_column("row_id", pa.array(range(table.num_rows), pa.int64()))
     return datasets.Dataset(table)
@@ -145,17 +164,20 @@ def _chosen_as_sft(table):
     import pyarrow as pa
 
     seen: set[str] = set()
-    messages, pair_ids, groups = [], [], []
+    messages, pair_ids, groups, images = [], [], [], []
     for r in table.to_pylist():
         conv = r["prompt"] + r["chosen"]
-        key = json.dumps(conv, sort_keys=True)
+        key = json.dumps([conv, r.get("images") or []], sort_keys=True)
         if key in seen:
             continue
         seen.add(key)
         messages.append(conv)
         pair_ids.append(r["pair_id"])
         groups.append(r["group"])
-    return pa.table({"messages": messages, "pair_id": pair_ids, "group": groups})
+        images.append(r.get("images") or [])
+    return pa.table(
+        {"messages": messages, "pair_id": pair_ids, "group": groups, "images": pa.array(images, pa.list_(pa.string()))}
+    )
 
 
 def split_at_last_user(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
@@ -188,7 +210,7 @@ def _trl_args(cfg: dict[str, Any], output_dir: str, use_cpu: bool):
     from trl import DPOConfig, SFTConfig
 
     t = TrainConfig.model_validate(cfg["train"])
-    precision = t.precision if t.precision != "auto" else ("fp32" if use_cpu else "bf16")
+    precision = train_dtype(t, use_cpu).name
     common = dict(
         output_dir=output_dir,
         per_device_train_batch_size=t.batch_size,
@@ -201,8 +223,10 @@ def _trl_args(cfg: dict[str, Any], output_dir: str, use_cpu: bool):
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
         max_length=t.max_length,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
+        # Autocast: matmuls in the low precision, softmax and log-probs in float32; the weights that
+        # train stay float32 (the LoRA adapters, or the whole model when there is no LoRA).
+        bf16=precision == "bfloat16",
+        fp16=precision == "float16",
         use_cpu=use_cpu,
         gradient_checkpointing=t.gradient_checkpointing,
         save_strategy="steps",
@@ -227,17 +251,32 @@ def _trl_args(cfg: dict[str, Any], output_dir: str, use_cpu: bool):
     return SFTConfig(completion_only_loss=True, **common)
 
 
-def peft_config(t: TrainConfig):
-    """PEFT's LoraConfig of ``train.lora`` (None when LoRA is off): every trainer's, DPO's, SFT's and SCoRe's."""
+def train_dtype(t: TrainConfig, use_cpu: bool) -> Dtype:
+    """``train.precision`` resolved for this worker's device (``datagen.hardware``)."""
+    return resolve_dtype(t.precision, gpu=not use_cpu)
+
+
+def peft_config(t: TrainConfig, vision_model: torch.nn.Module | None = None):
+    """PEFT's LoraConfig of ``train.lora`` (None when LoRA is off): every trainer's, DPO's, SFT's and SCoRe's.
+
+    On a vision-language model the targets and the fully trained parts come from ``rl.vision``."""
     if not t.lora.enabled:
         return None
     from peft import LoraConfig
 
+    targets: Any = t.lora.target_modules
+    modules_to_save = None
+    if vision_model is not None:
+        from rl.vision import fully_trained, lora_targets
+
+        targets = lora_targets(vision_model, t.lora, t.vision)
+        modules_to_save = fully_trained(vision_model, t.vision) or None
     return LoraConfig(
         r=t.lora.r,
         lora_alpha=t.lora.alpha,
         lora_dropout=t.lora.dropout,
-        target_modules=t.lora.target_modules,
+        target_modules=targets,
+        modules_to_save=modules_to_save,
         task_type="CAUSAL_LM",
     )
 
@@ -251,37 +290,58 @@ def build_trainer(cfg: dict[str, Any], output_dir: str, use_cpu: bool, extra_cal
     from trl import DPOTrainer, SFTTrainer
 
     t = TrainConfig.model_validate(cfg["train"])
-    tokenizer = AutoTokenizer.from_pretrained(cfg["model_path"])
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=torch.float32)
-    dataset = _load_dataset(cfg["data_files"], t.algorithm, frozenset(cfg.get("exclude") or ()))
+    dtype = train_dtype(t, use_cpu)
+    vision = is_vision_model(cfg["model_path"])
+    # Under LoRA a text model's base is frozen, so it needs no float32 master copy: stored in the compute
+    # dtype it is not cast again at every forward (PEFT keeps the adapters in float32). A vision-language
+    # model stays float32: its projector trains whole (modules_to_save), and that copy needs float32.
+    weights = getattr(torch, dtype.name) if t.lora.enabled and not vision else torch.float32
+    if vision:  # a vision-language model trains with its processor (rl.vision)
+        from rl import vision as vlm
+
+        processing: Any = vlm.load_processor(cfg["model_path"])
+        model = vlm.load_model(cfg["model_path"], dtype=weights)
+        if not t.lora.enabled:
+            vlm.freeze(model, t.vision)
+    else:
+        processing = AutoTokenizer.from_pretrained(cfg["model_path"])
+        if processing.pad_token is None:
+            processing.pad_token = processing.eos_token
+        model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=weights)
+    dataset = _load_dataset(cfg["data_files"], t.algorithm, frozenset(cfg.get("exclude") or ()), images=vision)
     pair_ids = list(dataset["pair_id"])
     cls = _trainer_class(DPOTrainer if t.algorithm == "dpo" else SFTTrainer)
     cls.group_pairs = t.group_pairs
+    if vision and t.vision.projector == "full" and t.vision.projector_lr is not None:
+        cls.projector_lr, cls.projector_names = t.vision.projector_lr, list(vlm.vision_parts(model).projectors)
     trainer = cls(
         model=model,
         args=_trl_args(cfg, output_dir, use_cpu),
         train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=_peft_config(t),
+        processing_class=processing,
+        peft_config=peft_config(t, model if vision else None),
         callbacks=extra_callbacks or None,
     )
     trainer.step_ids = []
-    trainer.data_collator = _with_row_ids(trainer.data_collator)
+    collator = trainer.data_collator
+    if vision:
+        collator = vlm.with_pictures(collator, ImageStore(cfg["image_dir"]))
+    trainer.data_collator = _with_row_ids(collator)
     return trainer, pair_ids
 
 
 def _save_final(trainer, tokenizer_path: str, out: Path, merge: bool) -> None:
-    from transformers import AutoTokenizer
+    from transformers import AutoProcessor, AutoTokenizer
 
     model = trainer.model
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    # a vision-language model's folder needs its processor (image processor, chat template) to be served
+    tokenizer = (AutoProcessor if is_vision_model(tokenizer_path) else AutoTokenizer).from_pretrained(tokenizer_path)
     if hasattr(model, "peft_config"):
         model.save_pretrained(out / "adapter")
         tokenizer.save_pretrained(out / "adapter")
         if merge:
-            model = model.merge_and_unload()
+            # In float32: a LoRA delta added to bfloat16 weights would be rounded to their 8-bit mantissa.
+            model = model.float().merge_and_unload()
         else:
             return
     model.save_pretrained(out / "model")

@@ -52,8 +52,9 @@ def generate_total(cfg: Config) -> int | None:
 def _generate_summary(s: dict[str, Any]) -> str:
     rate = s.get("tokens_per_s_this_run")
     speed = f" ({rate:.0f} tokens/s)" if rate else ""
+    dtype = f", {s['dtype']}" if s.get("dtype") else ""
     return (f"generate: {s['prompts']} prompts -> {s['samples']} samples, {s['generated_tokens']:,} tokens{speed}, "
-            f"{seconds(s.get('wall_seconds_this_run'))}")  # fmt: skip
+            f"{seconds(s.get('wall_seconds_this_run'))}{dtype}")  # fmt: skip
 
 
 GENERATE = Stage(

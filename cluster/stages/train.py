@@ -91,7 +91,8 @@ def _progress(cfg: Config) -> State:
 
 def _summary(s: dict[str, Any]) -> str:
     took = seconds(s.get("seconds"))
-    return f"train: {s['algorithm']}, {s['steps']} steps on {s['pairs']} pairs, {took} -> {s['model']}"
+    dtype = f", {s['dtype']}" if s.get("dtype") else ""
+    return f"train: {s['algorithm']}, {s['steps']} steps on {s['pairs']} pairs, {took}{dtype} -> {s['model']}"
 
 
 TRAIN = Stage(
