@@ -26,7 +26,7 @@ quickstart: install
 
 test: install
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=25
 
 lint: install
 	$(VENV)/bin/ruff check .
