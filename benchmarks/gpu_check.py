@@ -24,7 +24,7 @@ pydantic (``rl.config``), carry pydantic's wheels. Once, in the repository root:
         --platform manylinux2014_x86_64 -d .whl pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
         typing-inspection==0.4.5 typing-extensions==4.16.0
 
-then there, with ``.whl`` carried (about 3 MB; the check takes about a minute):
+then there, with ``.whl`` carried (about 3 MB) and a timeout of 540 s (the check should take a minute or two):
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl && export PYTHONPATH=/tmp/site || exit; nvidia-smi -L; \
