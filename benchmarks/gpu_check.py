@@ -16,19 +16,15 @@ sender side of the weight sync, on a small random Llama built here (nothing is d
 Step times are medians after a warm-up. Prints a table (device, dtype, metric, value, tolerance, ok); the JSON
 goes to ``--out`` (stdout without it); exits 1 when a check fails.
 
-On the GPU machine, whose Python has torch, transformers, peft, safetensors, pyarrow and pandas but not
-pydantic (``rl.config``), carry pydantic's wheels. Once, in the repository root:
+It needs torch (with CUDA), transformers, peft, safetensors, pyarrow and pydantic, and neither Ray nor
+vLLM, so it runs on a bare GPU box. Where pydantic is missing and there is no network, bring its wheels
+(for the box's Python, e.g. 3.12) and put them on the path first:
 
-    echo /.whl/ >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux2014_x86_64 -d .whl pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
-        typing-inspection==0.4.5 typing-extensions==4.16.0
-
-then there, with ``.whl`` carried (about 3 MB) and a timeout of 540 s (the check should take a minute or two):
-
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl && export PYTHONPATH=/tmp/site || exit; nvidia-smi -L; \
-        PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out $OUT/gpu_check.json
+        --platform manylinux2014_x86_64 -d wheels pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+        typing-inspection==0.4.5 typing-extensions==4.16.0      # about 3 MB, on a machine with network
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site wheels/*.whl   # on the GPU box
+    PYTHONPATH=/tmp/site python3 benchmarks/gpu_check.py --out gpu_check.json       # a minute or two
 """
 
 from __future__ import annotations
