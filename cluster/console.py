@@ -133,8 +133,10 @@ def _s(x: Any) -> str:
 def _generate(s: dict[str, Any]) -> str:
     rate = s.get("tokens_per_s_this_run")
     speed = f" ({rate:.0f} tokens/s)" if rate else ""
+    selection = s.get("prompt_selection")
+    left_out = ", ".join(f"{k} {v}" for k, v in (selection or {}).items() if k != "kept" and v)
     return (f"generate: {s['prompts']} prompts -> {s['samples']} samples, {s['generated_tokens']:,} tokens{speed}, "
-            f"{_s(s.get('wall_seconds_this_run'))}")
+            f"{_s(s.get('wall_seconds_this_run'))}" + (f"; pass rate filter left out {left_out}" if left_out else ""))
 
 
 def _judge(s: dict[str, Any]) -> str:
@@ -147,7 +149,8 @@ def _judge(s: dict[str, Any]) -> str:
 def _build(s: dict[str, Any]) -> str:
     noun = "pairs" if s.get("kind") == "pairs" else "examples"
     dropped = ", ".join(f"{k} {v}" for k, v in s.get("dropped", {}).items() if v)
-    return (f"build: {s['builder']}, {s['rows_in']} rows -> {s['pairs_out']} {noun} ({s['prompts_out']} prompts)"
+    of = f" of {s['prompts_in']}" if "prompts_in" in s else ""
+    return (f"build: {s['builder']}, {s['rows_in']} rows -> {s['pairs_out']} {noun} ({s['prompts_out']}{of} prompts)"
             + (f"; dropped {dropped}" if dropped else ""))
 
 
@@ -159,6 +162,10 @@ def _eval(s: dict[str, Any]) -> str:
     models = s["models"]
     problems = sorted({m["problems"] for m in models.values()})
     return f"eval: {', '.join(models)} on {'/'.join(map(str, problems))} problems each, {_s(s['seconds'])}"
+
+
+def _calibrate(s: dict[str, Any]) -> str:
+    return f"calibrate: {_s(s['seconds'])}\n\n{s['table']}\n\ncalibrate: {s['calibration']}, {s['pass_rates']}"
 
 
 def _report(s: dict[str, Any]) -> str:
@@ -178,6 +185,7 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "train": _train,
     "eval": _eval,
     "report": _report,
+    "calibrate": _calibrate,
 }
 
 

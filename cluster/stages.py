@@ -59,6 +59,51 @@ def check_run_dir(cfg: Config, stages: list[Stage]) -> str | None:
     return str(local_cache(run_dir, "logs"))
 
 
+def _calibrate_prepare(cfg: Config) -> Any:
+    from rl.calibrate import plan_calibrate
+
+    generate, calibrate = cfg.generate, cfg.calibrate
+    if cfg.train.algorithm == "score":  # measured as SCoRe samples: its instruction, temperature and length
+        score = cfg.train.score
+        generate = generate.model_copy(
+            update={
+                "review_prompt": score.review_prompt,
+                "temperature": score.temperature,
+                "max_tokens": score.max_tokens or generate.max_tokens,
+            }
+        )
+    return plan_calibrate(
+        calibrate,
+        prompts=cfg.prompts,
+        generate=generate,
+        model=cfg.model,
+        model_cache=cfg.model_cache,
+        seed=cfg.seed,
+        judges=cfg.judges,
+        pool=cfg.judge_pool,
+        run_dir=cfg.run_dir,
+    )
+
+
+def _calibrate_run(cfg: Config, plan: Any, overwrite: bool) -> dict[str, Any]:
+    from rl.calibrate import run_calibrate
+
+    return run_calibrate(plan, StageDir(cfg.stage_dir("calibrate")), overwrite=overwrite)
+
+
+register(
+    Stage(
+        "calibrate",
+        "where the model stands before training: per level of the arithmetic ladder, pass@1 greedy, pass@k "
+        "sampled, Acc@t1/Acc@t2 under the review prompt, and each prompt's pass rate (RUN_DIR/calibrate/)",
+        _calibrate_prepare,
+        _calibrate_run,
+        in_run=False,
+        object_storage=True,
+    )
+)
+
+
 def _generate_prepare(cfg: Config) -> Any:
     from datagen.generate import plan_generate
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ class GeneratePlan:
     seed: int
     cfg: GenerateConfig
     fingerprint: dict[str, Any]
+    selection: dict[str, int] | None = None  # prompts.pass_rate: kept, and left out by reason
 
     def shards(self) -> list[list[Prompt]]:
         size = self.cfg.shard_size
@@ -76,8 +78,19 @@ def check_lengths(prompts: list[Prompt], model_path: str, cfg: GenerateConfig) -
 def plan_generate(
     prompts_cfg: PromptsConfig, cfg: GenerateConfig, model: str, model_cache: str, seed: int
 ) -> GeneratePlan:
+    selection: Counter = Counter()
+    prompts = load_prompts(prompts_cfg, selection)
+    plan = plan_generate_prompts(prompts, prompts_cfg.model_dump(), cfg, model, model_cache, seed)
+    if prompts_cfg.pass_rate is not None:  # prompts left out for want of signal, counted in the summary
+        plan.selection = dict(sorted(selection.items()))
+    return plan
+
+
+def plan_generate_prompts(
+    prompts: list[Prompt], source: dict[str, Any], cfg: GenerateConfig, model: str, model_cache: str, seed: int
+) -> GeneratePlan:
+    """The plan for prompts already loaded; ``source`` says where they came from (for the fingerprint)."""
     model_path = resolve_model(model, model_cache)
-    prompts = load_prompts(prompts_cfg)
     check_lengths(prompts, model_path, cfg)
     ids = hashlib.sha256("\n".join(p.prompt_id for p in prompts).encode()).hexdigest()
     # What changes the output; engine placement (actors, CPUs, GPUs, cache size) does not.
@@ -85,7 +98,7 @@ def plan_generate(
     fingerprint = {
         "model": model,
         "seed": seed,
-        "prompts": prompts_cfg.model_dump(),
+        "prompts": source,
         "prompt_ids_sha256": ids,
         "generate": gen,
         "dtype": cfg.engine.dtype,
@@ -162,6 +175,8 @@ def run_generate(
         # Ray Data planning, actor start, imports and engine start: until the first engine was ready
         "startup_seconds": min((m["stats"]["worker_ready_at"] for m in manifest), default=started_at) - started_at,
     }
+    if plan.selection is not None:
+        summary["prompt_selection"] = plan.selection
     if plan.cfg.teacher is not None:
         for key in ("teacher_calls", "teacher_cache_hits", "teacher_retries", "teacher_errors"):
             summary[f"{key}_this_run"] = sum(m["stats"].get(key, 0) for m in manifest)
