@@ -24,17 +24,25 @@ class BuildConfig(Strict):
 
     builder: str = Field(
         "scl",
-        description="scl, self_contrast, sima, selfee, best_vs_worst, or 'package.module:Name' for your own",
+        description="scl, star, self_contrast, sima, selfee, best_vs_worst, or 'package.module:Name' for your own",
     )
     judge: str | None = Field(
         None,
-        description="the judge whose columns the builder reads (default: verifier for scl, embedding for "
+        description="the judge whose columns the builder reads (default: verifier for scl and star, embedding for "
         "self_contrast, self_critic for sima, reward_model for best_vs_worst; selfee reads none)",
     )
     min_score: float | None = Field(
         None,
         description="selfee: keep chains whose final answer the judge scores at least this, in the judge's own "
         "units (default: its pass mark: verifier 1 of 0/1, openai 8 of 1-10; other judges must set it)",
+    )
+    scl_prompt: Literal["question", "review", "both"] = Field(
+        "question",
+        description="scl: what a pair answers: the question (as the SCL seed), the review turn (question, "
+        "attempt 1, review prompt), or both (two pairs per flip)",
+    )
+    star_correct_to_correct: bool = Field(
+        False, description="star: also SFT on right->right samples (SCoRe's D+ STaR), not only wrong->right"
     )
     negatives: Literal[1, 2, 4, 8, 16] = Field(4, description="self_contrast: negatives k per prompt")
     drop_similar_fraction: float = Field(
