@@ -29,7 +29,9 @@ from fractions import Fraction
 # Every level asks for an explicit final statement: the verifier reads it first, and SCoRe's reward
 # (explicit_answers_only) reads nothing else.
 _STEP_BY_STEP = 'Solve it step by step, then give the final answer as "The answer is N."'
-_ANSWER_ONLY = 'Give the final answer as "The answer is N."'
+# Without "where N is the number" the default model answers a bare sum with the literal "The answer is
+# N." a third of the time (greedy, 120 single-digit sums; 7% with it, and more right at attempt 1).
+_ANSWER_ONLY = 'Give the final answer as "The answer is N.", where N is the number.'
 
 _NAMES = ["Ava", "Ben", "Chen", "Dara", "Eli", "Farah", "Goran", "Hana", "Ivo", "Jun", "Kemi", "Lior"]
 _ITEMS = ["apples", "marbles", "stickers", "pencils", "coins", "cards", "shells", "books"]

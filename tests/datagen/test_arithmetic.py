@@ -35,7 +35,8 @@ def test_every_level_is_exact_seeded_and_its_splits_share_nothing(level):
     for p in train:
         assert p.task == "math" and p.metadata["level"] == level
         assert str(Fraction(p.reference)) == p.reference  # an integer or a reduced fraction
-        assert p.messages[0]["content"].endswith('give the final answer as "The answer is N."'.split(" ", 1)[1])
+        assert p.messages[0]["content"].startswith(question(p) + "\n")
+        assert 'the final answer as "The answer is N."' in p.messages[0]["content"]
         if not LEVELS[level].word:
             assert solve(question(p)) == int(p.reference)
 
