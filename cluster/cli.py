@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ KEY=VALUE overrides with dotted keys, e.g.
   selfcorrect generate configs/quickstart.yaml run_dir=runs/try2 generate.n=8 prompts.limit=16
   selfcorrect config configs/scl.yaml            # print the full config with every default
   selfcorrect submit configs/scl.yaml run_dir=/mnt/shared/runs/scl   # as a Ray job on a cluster
-  selfcorrect status /mnt/shared/runs/scl        # which stages are done, partial or not started
+  selfcorrect status /mnt/shared/runs/scl        # which stages are done, partial, failed or not started
 
 A stage that finished is skipped; one that was killed resumes where it stopped. --overwrite
 redoes it. The terminal shows a progress bar and a summary line per stage; what Ray, vLLM and
@@ -41,7 +43,7 @@ rebuilt from RUN_DIR/eval/metrics.json every time.
 EPILOG = """\
 Useful keys: run_dir, model (smollm2-135m-instruct, an HF name or a folder), seed,
 prompts.path (JSONL/Parquet file or folder, or a saved HF dataset) or prompts.builtin
-(arithmetic | humaneval), prompts.limit, generate.mode (two_attempt | selfee | sima | single),
+(arithmetic | humaneval | pictures), prompts.limit, generate.mode (two_attempt | selfee | sima | single),
 generate.n, generate.max_tokens, generate.temperature, generate.engine.num_gpus,
 generate.engine.max_actors, ray.address (auto joins a cluster).
 """
@@ -95,7 +97,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_stages(cfg: Config, stages: list[Stage], overwrite: bool, console: Console) -> None:
+class StageFailed(Exception):
+    """A stage raised while it ran (past its checks): ``hint`` says what is intact and what redoes it."""
+
+    def __init__(self, stage: str, error: BaseException, hint: str):
+        super().__init__(f"{stage} failed: {_last_line(error)}; {hint}")
+        self.stage, self.error, self.hint = stage, error, hint
+
+
+def _failure_hint(cfg: Config, stage: Stage, stages: list[Stage], command: list[str]) -> str:
+    """What a failed stage leaves usable and the one command that takes it up again.
+
+    The stages before it that finished keep their output (a stage's output is published whole, or
+    resumed shard by shard), so only the failed one needs running again: by name when it is the last
+    of the command, by ``run`` (which skips the finished ones) when more stages would have followed.
+    """
+    before = list(STAGES.values())[: list(STAGES).index(stage.name)]
+    intact = [s.name for s in before if s.output(cfg).done()]
+    names = " and ".join([", ".join(intact[:-1]), intact[-1]] if len(intact) > 1 else intact)
+    kept = f"the {names} output{'s are' if len(intact) > 1 else ' is'} intact: " if intact else ""
+    if stage is stages[-1]:
+        redo = shlex.join(["selfcorrect", stage.name, *command])
+        verb = f"redoes only the {stage.name}" if stage.always else f"takes up the {stage.name} where it stopped"
+    else:
+        redo = shlex.join(["selfcorrect", "run", *command])
+        verb = f"goes on from the {stage.name} (finished stages are skipped)"
+    return f"{kept}`{redo}` {verb}"
+
+
+def _run_stages(
+    cfg: Config, stages: list[Stage], overwrite: bool, console: Console, command: list[str] | None = None
+) -> None:
+    """Run ``stages`` in order; ``command`` (the config and overrides as given) goes into a failure's hint.
+
+    A stage that raises is recorded as failed in its output directory (``_FAILED.json``, which
+    ``selfcorrect status`` shows) and surfaces as ``StageFailed``; running it again clears that.
+    """
     from cluster.runtime import check_resources, init_ray, stage_demands
 
     checked = False
@@ -128,8 +165,17 @@ def _run_stages(cfg: Config, stages: list[Stage], overwrite: bool, console: Cons
                     console.say(warning)
                 checked = True
         progress.set_stage(stage.name)
+        out.clear_failure()  # running again: a stage killed from here on reads as partial, not failed
         try:
             summary = stage.run(cfg, plan, overwrite)
+        except Exception as e:
+            hint = _failure_hint(cfg, stage, stages, command or [])
+            try:
+                out.mark_failed({"stage": stage.name, "error": _last_line(e), "hint": hint,
+                                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            except (OSError, StorageError) as unrecorded:  # an unwritable run dir: the message still says it
+                print(f"could not record the failure in {out.path}: {unrecorded}", file=sys.stderr)
+            raise StageFailed(stage.name, e, hint) from e
         finally:
             progress.set_stage(None)
         console.say(summarize(stage.name, summary))
@@ -173,7 +219,16 @@ def main(argv: list[str] | None = None, *, release_output: bool = True) -> int:
                     console.say(f"{name}: not part of this run ({reason})")
                 elif stage.in_run:
                     names.append(name)
-        _run_stages(cfg, [STAGES[n] for n in names], args.overwrite, console)
+        _run_stages(cfg, [STAGES[n] for n in names], args.overwrite, console, [args.config, *args.overrides])
+    except StageFailed as e:
+        traceback.print_exception(e.error)  # into the log: the stage's own error, not the wrapper
+        if isinstance(e.error, _input_errors()):
+            console.say(f"error: {e.error}\n({e.hint})")
+            return EXIT_BAD_INPUT
+        failed = True
+        where = f"\n(the whole traceback and the libraries' output: {console.driver_log})" if console.driver_log else ""
+        console.say(f"error: {e}{where}")
+        return 1
     except _input_errors() as e:
         console.say(f"error: {e}")
         return EXIT_BAD_INPUT

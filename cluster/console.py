@@ -133,10 +133,11 @@ def _s(x: Any) -> str:
 def _generate(s: dict[str, Any]) -> str:
     rate = s.get("tokens_per_s_this_run")
     speed = f" ({rate:.0f} tokens/s)" if rate else ""
-    selection = s.get("prompt_selection")
-    left_out = ", ".join(f"{k} {v}" for k, v in (selection or {}).items() if k != "kept" and v)
+    dtype = f", {s['dtype']}" if s.get("dtype") else ""
+    left_out = ", ".join(f"{k} {v}" for k, v in (s.get("prompt_selection") or {}).items() if k != "kept" and v)
+    left_out = f"; pass rate filter left out {left_out}" if left_out else ""
     return (f"generate: {s['prompts']} prompts -> {s['samples']} samples, {s['generated_tokens']:,} tokens{speed}, "
-            f"{_s(s.get('wall_seconds_this_run'))}" + (f"; pass rate filter left out {left_out}" if left_out else ""))
+            f"{_s(s.get('wall_seconds_this_run'))}{dtype}{left_out}")
 
 
 def _judge(s: dict[str, Any]) -> str:
@@ -155,7 +156,9 @@ def _build(s: dict[str, Any]) -> str:
 
 
 def _train(s: dict[str, Any]) -> str:
-    return f"train: {s['algorithm']}, {s['steps']} steps on {s['pairs']} pairs, {_s(s.get('seconds'))} -> {s['model']}"
+    dtype = f", {s['dtype']}" if s.get("dtype") else ""
+    return (f"train: {s['algorithm']}, {s['steps']} steps on {s['pairs']} pairs, {_s(s.get('seconds'))}{dtype} "
+            f"-> {s['model']}")
 
 
 def _eval(s: dict[str, Any]) -> str:

@@ -249,6 +249,8 @@ def _score_prepare(cfg: Config, model_path: str) -> Any:
     score = cfg.train.score
     check_score(cfg.train, cfg.judges, model_path, cfg.generate)
     prompts = load_prompts(cfg.prompts)
+    if any(p.images for p in prompts):
+        raise ConfigError("train.algorithm: score samples text prompts only; these prompts carry images")
     generate = cfg.generate.model_copy(update={"max_tokens": score.max_tokens or cfg.generate.max_tokens})
     check_lengths(prompts, model_path, generate)
     judge = cfg.judges[score.judge]

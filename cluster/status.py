@@ -5,8 +5,10 @@ The run directory may be local or on object storage (``s3://...``): everything i
 drove it, so its last error is found there only.
 
 Each stage is done (``_SUCCESS.json``), partial (shards done of the total, where the total is
-known), or not started; the last error is the last traceback in ``RUN_DIR/logs/driver.log`` and,
-given a job server (``--address`` or ``RAY_ADDRESS``), the run's latest Ray job that failed.
+known), failed (``_FAILED.json``: the stage raised the last time it ran; its error and the command
+that takes it up again), or not started; the last error is the last traceback in
+``RUN_DIR/logs/driver.log`` and, given a job server (``--address`` or ``RAY_ADDRESS``), the run's
+latest Ray job that failed.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ RESOLVED_CONFIG = "config.yaml"  # what cluster.cli writes beside the stages' ou
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "status",
-        help="show each stage of a run as done, partial or not started, and the last error",
+        help="show each stage of a run as done, partial, failed or not started, and the last error",
         description="TARGET is a run directory (its config.yaml is read) or a config file with KEY=VALUE overrides.",
     )
     p.add_argument("target", metavar="CONFIG|RUN_DIR")
@@ -163,6 +165,11 @@ def stage_states(cfg: Config) -> list[tuple[str, str, str, Location]]:
     """``(stage, state, detail, output path)`` for each stage of a run (and the others that have output)."""
     rows = []
     for name, stage in STAGES.items():
+        failure = StageDir(cfg.stage_dir(name)).failure()
+        if failure is not None:  # before the readers: a report that failed may still hold an older one
+            rows.append((name, "failed", f"{failure.get('error', '?')}; {failure.get('hint', '')}".rstrip("; "),
+                         cfg.stage_dir(name)))
+            continue
         state, detail = READERS.get(name, _default(name))(cfg)
         skipped = stage.skip_in_run(cfg) if stage.skip_in_run else None
         if skipped and state == "not started":
@@ -223,7 +230,7 @@ def status_command(args: argparse.Namespace) -> int:
     unfinished = any(state not in ("done", "skipped") for name, state, _, _ in rows if STAGES[name].in_run)
     log = (local_cache(run_dir, "logs") if isinstance(run_dir, ObjectPath) else run_dir / LOG_DIR) / DRIVER_LOG
     error = last_error(log) if unfinished else None
-    if error:
+    if error and not any(state == "failed" and detail.startswith(error) for _, state, detail, _ in rows):
         print(f"last error: {error}\n  (in {log})")
     address = args.address or os.environ.get("RAY_ADDRESS")
     if address and address.startswith("http"):

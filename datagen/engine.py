@@ -18,9 +18,12 @@ import pyarrow as pa
 
 from datagen import metrics
 from datagen.config import EngineConfig, GenerateConfig
+from datagen.hardware import Dtype, resolve_dtype
+from datagen.images import ImageStore
 from datagen.models import resolve_model
 from datagen.records import SAMPLE_SCHEMA, Prompt
 from datagen.turns import Completion, Request, generate_rows
+from datagen.vision import VisionPrompter, is_vision_model
 
 
 def engine_kwargs(engine: EngineConfig, model_path: str, seed: int) -> dict[str, Any]:
@@ -42,12 +45,29 @@ def engine_kwargs(engine: EngineConfig, model_path: str, seed: int) -> dict[str,
     return kwargs
 
 
+def with_resolved_dtype(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Dtype]:
+    """``vllm.LLM`` keyword arguments with dtype ``auto`` resolved for this process's device.
+
+    Called where the engine starts (its actor), never on the driver: ``auto`` must follow the
+    hardware that holds the weights. vLLM's own ``auto`` would take the checkpoint's dtype instead.
+    """
+    import torch
+
+    # An actor given no GPU by Ray sees none (CUDA_VISIBLE_DEVICES is empty): this asks the right device.
+    dtype = resolve_dtype(str(kwargs.get("dtype", "auto")), gpu=torch.cuda.is_available())
+    return {**kwargs, "dtype": dtype.name}, dtype
+
+
 def engine_env(engine: EngineConfig) -> dict[str, str]:
     """Environment for an engine process: log level, and on CPU the KV cache size and reserved cores."""
     # vLLM's INFO lines from every actor would drown the progress bars; VLLM_LOGGING_LEVEL wins.
     env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     if engine.kv_cache_gib is not None:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(engine.kv_cache_gib)
+    multiprocessing = engine.multiprocessing if engine.multiprocessing is not None else engine.num_gpus > 0
+    # Each engine-core process imports vLLM and torch again (about 12 s on 2 cores); on CPU it buys no
+    # overlap of scheduling with compute (measured: the same tokens/s in the actor's own process).
+    env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocessing else "0"
     if engine.num_gpus == 0:
         # vLLM's CPU build keeps a core for its front end unless told otherwise: on a small machine
         # that halves throughput (2 cores: 77 -> 150 tokens/s for SmolLM2-135M when compute gets both).
@@ -66,12 +86,21 @@ class VLLMEngine:
         seed: int,
         max_tokens: int,
         extra_kwargs: dict[str, Any] | None = None,
+        images: ImageStore | None = None,
+        max_images: int = 0,
     ):
         from vllm import LLM
 
         self.cfg = cfg
         self.max_tokens = max_tokens
-        self.llm = LLM(**{**engine_kwargs(engine, model_path, seed), **(extra_kwargs or {})})
+        kwargs, self.dtype = with_resolved_dtype({**engine_kwargs(engine, model_path, seed), **(extra_kwargs or {})})
+        # A vision-language model is prompted through its processor, with the pictures from the run's store.
+        self.vision = VisionPrompter(model_path) if is_vision_model(model_path) else None
+        self.images = images
+        if self.vision is not None:
+            # vLLM sizes its encoder cache for this many images a prompt (0: the vision tower is never run)
+            kwargs.setdefault("limit_mm_per_prompt", {"image": max_images})
+        self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.closing = False
@@ -83,7 +112,9 @@ class VLLMEngine:
         self.closing = True
         self.llm.llm_engine.engine_core.shutdown()
 
-    def encode(self, conversation: list[dict[str, str]], continue_final: bool = False) -> list[int]:
+    def encode(self, conversation: list[dict[str, str]], continue_final: bool = False, n_images: int = 0) -> list[int]:
+        if self.vision is not None:
+            return self.vision.encode(conversation, n_images, continue_final)
         text = self.tokenizer.apply_chat_template(
             conversation,
             tokenize=False,
@@ -98,12 +129,20 @@ class VLLMEngine:
         results: list[list[Completion] | None] = [None] * len(requests)
         prompts, params, slots = [], [], []
         for i, req in enumerate(requests):
-            ids = self.encode(req.conversation, req.continue_final)
-            room = self.max_model_len - len(ids)
+            ids = self.encode(req.conversation, req.continue_final, len(req.images))
+            prompt: dict[str, Any] = {"prompt_token_ids": ids}
+            length = len(ids)
+            if req.images:
+                if self.vision is None or self.images is None:
+                    raise ValueError("a request with images needs a vision-language model and the run's image store")
+                pictures = self.images.pictures(req.images)
+                prompt["multi_modal_data"] = {"image": pictures}
+                length += sum(self.vision.image_tokens(*pic.size) - 1 for pic in pictures)
+            room = self.max_model_len - length
             if room < 1:
                 results[i] = [Completion("", 0, "context")] * req.n
                 continue
-            prompts.append({"prompt_token_ids": ids})
+            prompts.append(prompt)
             params.append(
                 SamplingParams(
                     n=req.n,
@@ -136,7 +175,10 @@ class VLLMEngine:
         A dead vLLM engine cannot be revived inside this process, and a request in flight when it
         dies can wait forever for its output; polling the client's liveness flag covers both.
         """
-        resources = getattr(getattr(self.llm.llm_engine, "engine_core", None), "resources", None)
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if type(core).__name__ == "InprocClient":
+            return  # the engine runs in this process: its crash is this actor's, which Ray restarts
+        resources = getattr(core, "resources", None)
         if resources is None or not hasattr(resources, "engine_dead"):
             logging.getLogger(__name__).warning("cannot watch this vLLM version's engine for crashes")
             return
@@ -179,7 +221,14 @@ class GenerationWorker:
     """
 
     def __init__(
-        self, model: str, model_cache: str, generate: dict[str, Any], seed: int, tags: dict[str, str] | None = None
+        self,
+        model: str,
+        model_cache: str,
+        generate: dict[str, Any],
+        seed: int,
+        tags: dict[str, str] | None = None,
+        image_dir: str | None = None,
+        max_images: int = 0,
     ):
         started = time.perf_counter()
         self.cfg = GenerateConfig.model_validate(generate)
@@ -189,7 +238,10 @@ class GenerationWorker:
         teacher = self.cfg.teacher
         self.policy: VLLMEngine | None = None
         if teacher is None or teacher.answers == "policy":
-            self.policy = VLLMEngine(path, self.cfg.engine, self.cfg, seed, self.cfg.max_tokens)
+            images = ImageStore(image_dir) if image_dir else None
+            self.policy = VLLMEngine(
+                path, self.cfg.engine, self.cfg, seed, self.cfg.max_tokens, images=images, max_images=max_images
+            )
             self.tokenizer = self.policy.tokenizer
         else:
             from transformers import AutoTokenizer
@@ -219,6 +271,15 @@ class GenerationWorker:
         text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def _prompt_tokens(self, row: dict[str, Any]) -> int:
+        """The prompt's tokens as the model saw them (a vision-language model's: images expanded)."""
+        policy = self.policy
+        if policy is None or policy.vision is None:
+            return len(self._encode(row["messages"]))
+        store = policy.images
+        sizes = [pic.size for pic in store.pictures(row["images"])] if row["images"] and store else []
+        return policy.vision.length(row["messages"], sizes)
+
     def complete(self, requests: list[Request]) -> list[list[Completion]]:
         if self.policy is None:
             raise RuntimeError("the policy engine was not started: the teacher writes every turn")
@@ -236,7 +297,7 @@ class GenerationWorker:
         prompt_tokens: dict[str, int] = {}
         for row in rows:
             if row["prompt_id"] not in prompt_tokens:
-                prompt_tokens[row["prompt_id"]] = len(self._encode(row["messages"]))
+                prompt_tokens[row["prompt_id"]] = self._prompt_tokens(row)
             row["prompt_tokens"] = prompt_tokens[row["prompt_id"]]
         seconds = time.perf_counter() - started
         tokens = sum(r["generated_tokens"] for r in rows)
@@ -251,6 +312,7 @@ class GenerationWorker:
             "worker_startup_seconds": self.startup_seconds,
             "worker_ready_at": self.ready_at,
             "actor_pid": os.getpid(),
+            "dtype": str(self.policy.dtype) if self.policy is not None else None,
         }
         if hasattr(self.teacher, "stats"):
             stats.update(self.teacher.stats.take())

@@ -21,11 +21,14 @@ from typing import Any
 from datagen import metrics, storage
 from datagen.config import TEACHER_PLACEMENT, GenerateConfig, PromptsConfig
 from datagen.engine import GenerationWorker, engine_env
+from datagen.images import ImageStore, store_location
 from datagen.models import resolve_model
 from datagen.pipeline import run_shard_stage
 from datagen.prompts import PromptError, load_prompts
 from datagen.records import Prompt
 from datagen.shards import StageDir
+from datagen.storage import Location
+from datagen.vision import VisionPrompter, check_image_prompts, is_vision_model, max_images
 
 
 @dataclass
@@ -54,18 +57,24 @@ def _context_length(model_path: str, cfg: GenerateConfig) -> int:
 
 
 def check_lengths(prompts: list[Prompt], model_path: str, cfg: GenerateConfig) -> None:
-    """Refuse prompts whose first turn and its answer cannot fit in the model's context."""
+    """Refuse prompts whose first turn and its answer cannot fit in the model's context (images included)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    vision = VisionPrompter(model_path) if is_vision_model(model_path) else None
+    tokenizer = AutoTokenizer.from_pretrained(model_path) if vision is None else None
     limit = _context_length(model_path, cfg)
     too_long = []
     for p in prompts:
         conv = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + p.messages
-        text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if vision is not None:
+            n = vision.length(conv, [(s.width, s.height) for s in p.image_sources])
+        else:
+            assert tokenizer is not None
+            text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+            n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         if n + cfg.max_tokens > limit:
-            too_long.append(f"{p.prompt_id} ({n} tokens)")
+            images = f", {len(p.images)} image(s); {p.origin}" if p.images else ""
+            too_long.append(f"{p.prompt_id} ({n} tokens{images})")
     if too_long:
         shown = ", ".join(too_long[:5]) + (f" and {len(too_long) - 5} more" if len(too_long) > 5 else "")
         raise PromptError(
@@ -91,6 +100,9 @@ def plan_generate_prompts(
 ) -> GeneratePlan:
     """The plan for prompts already loaded; ``source`` says where they came from (for the fingerprint)."""
     model_path = resolve_model(model, model_cache)
+    check_image_prompts(prompts, model, model_path)
+    if cfg.teacher is not None and any(p.images for p in prompts):
+        raise PromptError("generate.teacher does not take prompts with images; run SelFee on text prompts")
     check_lengths(prompts, model_path, cfg)
     ids = hashlib.sha256("\n".join(p.prompt_id for p in prompts).encode()).hexdigest()
     # What changes the output; engine placement (actors, CPUs, GPUs, cache size) does not.
@@ -104,17 +116,29 @@ def plan_generate_prompts(
         "dtype": cfg.engine.dtype,
         "max_model_len": cfg.engine.max_model_len,
     }
+    if any(p.images for p in prompts):  # the pictures themselves, not only their prompts' ids
+        fingerprint["images_sha256"] = hashlib.sha256(
+            "\n".join(f"{p.prompt_id}:{','.join(p.images)}" for p in prompts).encode()
+        ).hexdigest()
     return GeneratePlan(prompts, model, model_path, model_cache, seed, cfg, json.loads(json.dumps(fingerprint)))
 
 
 def run_generate(
-    plan: GeneratePlan, out: StageDir, overwrite: bool = False, tags: dict[str, str] | None = None
+    plan: GeneratePlan,
+    out: StageDir,
+    overwrite: bool = False,
+    tags: dict[str, str] | None = None,
+    images: Location | None = None,
 ) -> dict[str, Any]:
     """Generate every pending shard, then mark the stage done. Needs Ray initialised.
 
     ``tags`` label the stage's Ray metrics (``datagen.metrics.stage_tags``; default: from ``out``'s path).
+    ``images`` is the run's image store (default: ``images/`` beside ``out``): the prompts' images are
+    copied there once, before the first shard, and the workers read them from there by id.
     """
     out.start(plan.fingerprint, overwrite=overwrite)
+    store = images if images is not None else store_location(out.path.parent)
+    image_count = ImageStore(store).put([s for p in plan.prompts for s in p.image_sources])
     shards = plan.shards()
     done = out.completed_shards()
     tasks = [
@@ -138,6 +162,8 @@ def run_generate(
             "generate": generate,
             "seed": plan.seed,
             "tags": tags or metrics.stage_tags(out.path),
+            "image_dir": str(store),
+            "max_images": max_images(plan.prompts),
         },
         min_actors=engine.min_actors,
         max_actors=min(engine.max_actors, max(1, len(tasks))),
@@ -171,12 +197,15 @@ def run_generate(
         # per actor-second: inside vllm.LLM.generate only, and with the turn logic around it
         "engine_tokens_per_s": new_tokens / engine_seconds if engine_seconds > 0 else None,
         "worker_tokens_per_s": new_tokens / worker_seconds if worker_seconds > 0 else None,
+        "dtype": next((m["stats"].get("dtype") for m in manifest if m["stats"].get("dtype")), None),
         "worker_startup_seconds": max((m["stats"]["worker_startup_seconds"] for m in manifest), default=None),
         # Ray Data planning, actor start, imports and engine start: until the first engine was ready
         "startup_seconds": min((m["stats"]["worker_ready_at"] for m in manifest), default=started_at) - started_at,
     }
     if plan.selection is not None:
         summary["prompt_selection"] = plan.selection
+    if image_count or any(p.images for p in plan.prompts):
+        summary["images_stored_this_run"] = image_count
     if plan.cfg.teacher is not None:
         for key in ("teacher_calls", "teacher_cache_hits", "teacher_retries", "teacher_errors"):
             summary[f"{key}_this_run"] = sum(m["stats"].get(key, 0) for m in manifest)

@@ -6,6 +6,8 @@ generate shard, so pairwise and near-duplicate judgements stay within one task. 
 config names runs in each of the stage's actors (``judge_pool``; models load once per actor); each
 writes its own ``NAME_*`` columns (see ``datagen.records``). API judges cache their answers under
 ``RUN_DIR/judge_cache/NAME``, outside the stage directory, so even ``--overwrite`` reruns for free.
+Rows with images get their bytes from the run's image store beside them (``IMAGE_BYTES``), read once
+per image per shard and shared by the rows that show it.
 """
 
 from __future__ import annotations
@@ -17,14 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from datagen import metrics, storage
 from datagen.config import EngineConfig, JudgePoolConfig
-from datagen.engine import engine_env, engine_kwargs
+from datagen.engine import engine_env, engine_kwargs, with_resolved_dtype
+from datagen.hardware import resolve_dtype
+from datagen.images import ImageStore, store_location
 from datagen.models import resolve_model
 from datagen.pipeline import run_shard_stage
-from datagen.records import judge_column
+from datagen.records import IMAGE_BYTES, judge_column
 from datagen.shards import StageDir, StageInputError
+from datagen.storage import Location
+from datagen.vision import is_vision_model
 from judges.base import JudgeResult, build, load
 from judges.config import JudgeSettings, judge_settings
 
@@ -65,6 +72,7 @@ class JudgePlan:
     num_gpus: float
     env_vars: dict[str, str]
     pool: JudgePoolConfig
+    images: Location  # the run's image store
 
 
 def judge_versions(judges: dict[str, JudgeSettings]) -> dict[str, str | None]:
@@ -80,8 +88,11 @@ def plan_judge(
     engine: EngineConfig,
     seed: int,
     pool: JudgePoolConfig,
+    images: Location | None = None,
 ) -> JudgePlan:
-    """Check the judge settings and the generate output, and fill in run-dependent defaults."""
+    """Check the judge settings and the generate output, and fill in run-dependent defaults.
+
+    ``images`` is the run's image store (default: ``run_dir/images``)."""
     if not judges:
         raise JudgeStageError("no judges configured: add a 'judges:' section (e.g. judges.verifier={})")
     run = storage.as_location(run_dir)
@@ -105,6 +116,8 @@ def plan_judge(
         if settings.type == "self_critic":
             path = settings.model or resolve_model(model, model_cache)
             kwargs = engine_kwargs(engine, path, seed)
+            if is_vision_model(path):  # the critic sees each row's images: ready for as many as a row has
+                kwargs["limit_mm_per_prompt"] = {"image": most_images(inputs)}
             update.update(
                 model=kwargs.pop("model"),
                 engine={**kwargs, **settings.engine},
@@ -119,7 +132,16 @@ def plan_judge(
         "judges": {n: s.model_dump(exclude=PLACEMENT_KEYS) for n, s in filled.items()},
         "versions": judge_versions(filled),
     }
-    return JudgePlan(filled, inputs, json.loads(json.dumps(fingerprint)), num_gpus, env, pool)
+    store = images if images is not None else store_location(run)
+    return JudgePlan(filled, inputs, json.loads(json.dumps(fingerprint)), num_gpus, env, pool, store)
+
+
+def most_images(stage: StageDir) -> int:
+    """The most images any row of a generate-like stage has."""
+    if "images" not in stage.dataset().schema.names:
+        return 0
+    lengths = pc.list_value_length(stage.read(columns=["images"]).column(0))
+    return int(pc.max(lengths).as_py() or 0)
 
 
 def prompt_batches(rows: list[dict[str, Any]], size: int) -> list[list[int]]:
@@ -143,19 +165,54 @@ def prompt_batches(rows: list[dict[str, Any]], size: int) -> list[list[int]]:
     return batches
 
 
+def on_this_device(settings: JudgeSettings) -> JudgeSettings:
+    """A model judge's weights dtype ``auto`` resolved in the actor that loads them.
+
+    The reward model's ``dtype`` and the self-critic's ``engine.dtype`` follow this actor's hardware
+    (``datagen.hardware``): bfloat16 where it is native, float32 elsewhere.
+    """
+    import torch
+
+    update: dict[str, Any] = {}
+    if getattr(settings, "dtype", None) == "auto":
+        update["dtype"] = resolve_dtype("auto", gpu=torch.cuda.is_available()).name
+    engine = getattr(settings, "engine", None)
+    if isinstance(engine, dict) and engine.get("dtype", "auto") == "auto":
+        update["engine"] = with_resolved_dtype(engine)[0]
+    return settings.model_copy(update=update) if update else settings
+
+
 class JudgeWorker:
     """One per actor: builds every judge once, then turns a generate shard into a judge shard."""
 
-    def __init__(self, judges: dict[str, dict[str, Any]], tags: dict[str, str] | None = None):
-        self.judges = {name: build(name, judge_settings(name, raw)) for name, raw in judges.items()}
+    def __init__(
+        self, judges: dict[str, dict[str, Any]], tags: dict[str, str] | None = None, image_dir: str | None = None
+    ):
+        self.judges = {name: build(name, on_this_device(judge_settings(name, raw))) for name, raw in judges.items()}
         self.tags = tags or {"stage": "judge", "run": ""}  # the Ray metrics' tags
+        self.images = ImageStore(image_dir) if image_dir else None
 
     def __call__(self, task: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
         table = storage.read_table(task["path"])
         return self.judge_table(table)
 
+    def _attach_images(self, rows: list[dict[str, Any]]) -> None:
+        """Put each row's image bytes beside it, read once per image for the shard."""
+        read: dict[str, bytes] = {}
+        for row in rows:
+            ids = row.get("images") or []
+            if not ids:
+                continue
+            if self.images is None:
+                raise ValueError(f"row {row['prompt_id']!r} has images but the judge stage has no image store")
+            for i in ids:
+                if i not in read:
+                    read[i] = self.images.read(i)
+            row[IMAGE_BYTES] = [read[i] for i in ids]
+
     def judge_table(self, table: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
         rows = table.to_pylist()
+        self._attach_images(rows)
         stats: dict[str, Any] = {}
         for name, judge in self.judges.items():
             started = time.perf_counter()
@@ -199,7 +256,11 @@ def run_judge(
         out,
         tasks,
         JudgeWorker,
-        {"judges": {n: s.model_dump() for n, s in plan.judges.items()}, "tags": tags or metrics.stage_tags(out.path)},
+        {
+            "judges": {n: s.model_dump() for n, s in plan.judges.items()},
+            "tags": tags or metrics.stage_tags(out.path),
+            "image_dir": str(plan.images),
+        },
         min_actors=plan.pool.min_actors,
         max_actors=plan.pool.max_actors,
         num_cpus=plan.pool.num_cpus,

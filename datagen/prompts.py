@@ -17,6 +17,7 @@ from typing import Any
 
 from datagen.arithmetic import LEVELS, prompt_id, split_of
 from datagen.config import PassRateConfig, PromptsConfig
+from datagen.images import ImageError, read_images
 from datagen.records import CODE_ENTRY_POINT, CODE_PROMPT, CODE_TEST, TASKS, Prompt, validate_messages
 
 
@@ -39,7 +40,13 @@ def builtin(name: str) -> Callable[[Loader], Loader]:
 # --- files ---------------------------------------------------------------------------------------
 
 
-def _to_prompt(raw: Any, where: str, cfg: PromptsConfig) -> Prompt:
+def _images_field(raw: dict[str, Any], cfg: PromptsConfig) -> str | None:
+    if cfg.images_field is not None:
+        return cfg.images_field
+    return next((k for k in ("images", "image") if k in raw), None)
+
+
+def _to_prompt(raw: Any, where: str, cfg: PromptsConfig, base: Path | None = None) -> Prompt:
     if not isinstance(raw, dict):
         raise PromptError(f"{where}: expected a JSON object, got {type(raw).__name__}")
     for key in (cfg.id_field, cfg.prompt_field):
@@ -53,7 +60,12 @@ def _to_prompt(raw: Any, where: str, cfg: PromptsConfig) -> Prompt:
     if task not in TASKS:
         raise PromptError(f"{where}: field {cfg.task_field!r} is {task!r}; expected one of {TASKS}")
     reference = raw.get(cfg.reference_field)
-    known = {cfg.id_field, cfg.prompt_field, cfg.task_field, cfg.reference_field}
+    images_field = _images_field(raw, cfg)
+    try:
+        sources = read_images(raw.get(images_field), base) if images_field else ()
+    except ImageError as e:
+        raise PromptError(f"{where}: field {images_field!r}: {e}") from None
+    known = {cfg.id_field, cfg.prompt_field, cfg.task_field, cfg.reference_field, images_field}
     metadata = {k: v for k, v in raw.items() if k not in known}
     return Prompt(
         prompt_id=str(raw[cfg.id_field]),
@@ -61,6 +73,9 @@ def _to_prompt(raw: Any, where: str, cfg: PromptsConfig) -> Prompt:
         reference=None if reference is None else str(reference),
         task=task,
         metadata=metadata,
+        images=tuple(s.image_id for s in sources),
+        image_sources=sources,
+        origin=where,
     )
 
 
@@ -73,7 +88,7 @@ def _read_jsonl(path: Path, cfg: PromptsConfig) -> Iterator[Prompt]:
                 raw = json.loads(line)
             except json.JSONDecodeError as e:
                 raise PromptError(f"{path}:{lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
-            yield _to_prompt(raw, f"{path}:{lineno}", cfg)
+            yield _to_prompt(raw, f"{path}:{lineno}", cfg, path.parent)
 
 
 def _read_parquet(path: Path, cfg: PromptsConfig) -> Iterator[Prompt]:
@@ -90,7 +105,7 @@ def _read_parquet(path: Path, cfg: PromptsConfig) -> Iterator[Prompt]:
     for batch in pf.iter_batches():
         for raw in batch.to_pylist():
             row += 1
-            yield _to_prompt(raw, f"{path}: row {row}", cfg)
+            yield _to_prompt(raw, f"{path}: row {row}", cfg, path.parent)
 
 
 def _read_hf_dataset(path: Path, cfg: PromptsConfig) -> Iterator[Prompt]:
@@ -104,8 +119,21 @@ def _read_hf_dataset(path: Path, cfg: PromptsConfig) -> Iterator[Prompt]:
     missing = [k for k in (cfg.id_field, cfg.prompt_field) if k not in ds.column_names]
     if missing:
         raise PromptError(f"{path}: missing column {missing[0]!r} (columns: {', '.join(ds.column_names)})")
-    for i, raw in enumerate(ds, start=1):
-        yield _to_prompt(raw, f"{path}: row {i}", cfg)
+    for i, raw in enumerate(_undecoded_images(ds), start=1):
+        yield _to_prompt(raw, f"{path}: row {i}", cfg, path)
+
+
+def _undecoded_images(ds: Any) -> Any:
+    """The dataset with its Image columns left as stored (``{"bytes", "path"}``): the original file's
+    bytes keep their id, where a decoded picture would have to be encoded again."""
+    import datasets
+
+    for name, feature in ds.features.items():
+        if isinstance(feature, datasets.Image):
+            ds = ds.cast_column(name, datasets.Image(decode=False))
+        elif isinstance(getattr(feature, "feature", None), datasets.Image):
+            ds = ds.cast_column(name, datasets.List(datasets.Image(decode=False)))
+    return ds
 
 
 def _read_path(cfg: PromptsConfig) -> Iterator[Prompt]:
@@ -272,3 +300,7 @@ def _bounds(cfg: PassRateConfig) -> str:
     low = f"{cfg.above:g} < " if cfg.above is not None else ""
     high = f" < {cfg.below:g}" if cfg.below is not None else ""
     return f"{low}pass rate{high}"
+
+
+# The built-in picture questions register themselves; they import this module, so they come last.
+from datagen import pictures  # noqa: E402, F401

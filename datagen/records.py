@@ -11,12 +11,25 @@ A *sample* is one row of the generate stage, keyed by ``(prompt_id, sample_idx)`
 kept both as named columns (``attempt1``, ``critique``, ``attempt2``, ``feedbacks``,
 ``revisions``) and as the full conversation (``conversation``) so later stages never have to
 re-derive what the model saw.
+
+*Images.* A prompt may carry images (``images``): they belong to its first user message, before
+that message's text, as TRL's ``prepare_multimodal_messages`` and LLaVA's "<image>\\n{question}"
+place them (``vision_messages`` turns text messages into content parts by that rule). A row never
+holds pixels: ``images`` lists *image ids*, the SHA-256 of the image file's bytes plus its format
+(``"<64 hex>.png"``), and the bytes live once per run in the run's image store
+(``RUN_DIR/images/<id>``, written by the generate stage, read through ``datagen.images``), however
+many samples, pairs, judges or eval models refer to them. The same picture in two prompts is
+stored once. ``Prompt.image_sources`` says where a prompt source found each image (a file path,
+or the bytes a Parquet row or the built-in task held) until the generate stage copies it into the
+store; it is never part of a row. Judges get the bytes beside the row, under ``IMAGE_BYTES``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -26,11 +39,13 @@ ROLES = ("system", "user", "assistant")
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
+IMAGES = pa.list_(pa.string())  # image ids, in the order the images come before the first user text
 
 PROMPT_SCHEMA = pa.schema(
     [
         ("prompt_id", pa.string()),
         ("messages", MESSAGES),
+        ("images", IMAGES),
         ("reference", pa.string()),
         ("task", pa.string()),
         ("metadata", pa.string()),
@@ -43,6 +58,7 @@ SAMPLE_SCHEMA = pa.schema(
         ("sample_idx", pa.int32()),
         ("task", pa.string()),
         ("messages", MESSAGES),
+        ("images", IMAGES),
         ("reference", pa.string()),
         ("metadata", pa.string()),
         ("mode", pa.string()),
@@ -76,6 +92,43 @@ CODE_PROMPT = "code_prompt"  # the stub the answer completes: imports, signature
 CODE_TEST = "test"  # defines check(candidate)
 CODE_ENTRY_POINT = "entry_point"  # the function check() is called with
 
+# Rows handed to a judge carry the bytes of their images under this key (a list in the order of
+# ``images``; rows of one prompt share the same bytes objects). It is never written to Parquet.
+IMAGE_BYTES = "_image_bytes"
+
+
+def image_id(data: bytes, fmt: str) -> str:
+    """The id of an image file: the SHA-256 of its bytes and its format (``"<64 hex>.png"``).
+
+    >>> image_id(b"x", "PNG")[-4:], len(image_id(b"x", "png"))
+    ('.png', 68)
+    """
+    return f"{hashlib.sha256(data).hexdigest()}.{fmt.lower()}"
+
+
+def image_mime(iid: str) -> str:
+    """The media type of an image by its id (``image/png``, ``image/jpeg`` ...), for data URLs.
+
+    >>> image_mime("ab12.jpeg"), image_mime("ab12.mpo")
+    ('image/jpeg', 'image/jpeg')
+    """
+    fmt = iid.rsplit(".", 1)[-1]
+    return "image/jpeg" if fmt in ("jpeg", "jpg", "mpo") else f"image/{fmt}"
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where a prompt source found one image: a file (``path``) or bytes it held (``data``)."""
+
+    image_id: str
+    width: int
+    height: int
+    path: str | None = None
+    data: bytes | None = field(default=None, repr=False)
+
+    def read(self) -> bytes:
+        return self.data if self.data is not None else Path(str(self.path)).read_bytes()
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -86,11 +139,16 @@ class Prompt:
     reference: str | None = None
     task: str = "open"
     metadata: dict[str, Any] = field(default_factory=dict)
+    images: tuple[str, ...] = ()  # image ids (see the module docstring)
+    # where the source found each image, until the generate stage stores it; not part of any row
+    image_sources: tuple[ImageSource, ...] = field(default=(), compare=False, repr=False)
+    origin: str = field(default="", compare=False)  # the file and line (or row) it came from, for errors
 
     def to_row(self) -> dict[str, Any]:
         return {
             "prompt_id": self.prompt_id,
             "messages": self.messages,
+            "images": list(self.images),
             "reference": self.reference,
             "task": self.task,
             "metadata": json.dumps(self.metadata, sort_keys=True),
@@ -105,7 +163,33 @@ class Prompt:
             reference=row.get("reference"),
             task=row.get("task") or "open",
             metadata=json.loads(meta) if isinstance(meta, str) else dict(meta),
+            images=tuple(row.get("images") or ()),
         )
+
+
+def vision_messages(messages: list[dict[str, Any]], n_images: int) -> list[dict[str, Any]]:
+    """``messages`` as chat content parts, with ``n_images`` image parts before the first user text.
+
+    The placement every stage uses (generation, judges, training). Messages already in parts are
+    kept as they are.
+
+    >>> vision_messages([{"role": "user", "content": "What is it?"}], 1)[0]["content"]
+    [{'type': 'image'}, {'type': 'text', 'text': 'What is it?'}]
+    """
+    out: list[dict[str, Any]] = []
+    placed = n_images == 0
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, str):
+            parts: list[dict[str, Any]] = [{"type": "text", "text": content}]
+            if not placed and m["role"] == "user":
+                parts = [{"type": "image"} for _ in range(n_images)] + parts
+                placed = True
+            content = parts
+        out.append({**m, "content": content})
+    if not placed:
+        raise ValueError("images need a user message to go with")
+    return out
 
 
 def validate_messages(messages: Any) -> list[dict[str, str]]:

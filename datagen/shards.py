@@ -2,7 +2,9 @@
 
 A stage directory holds ``part-NNNNN.parquet`` files, one per shard of the input, plus two
 markers: ``_stage.json`` (the fingerprint of the settings the output was made with, written when
-the stage starts) and ``_SUCCESS.json`` (a summary, written when every shard is in place).
+the stage starts) and ``_SUCCESS.json`` (a summary, written when every shard is in place). A stage
+that raised leaves ``_FAILED.json`` (its error and the command that redoes it) until it is run
+again; that marker never makes a stage done.
 
 Each shard is written to a hidden temporary file beside its final name and renamed into place,
 so a reader (``pyarrow.dataset`` ignores names starting with ``.`` or ``_``) only ever sees whole
@@ -31,6 +33,7 @@ from datagen.storage import Location, ObjectPath
 
 STAGE_FILE = "_stage.json"
 SUCCESS_FILE = "_SUCCESS.json"
+FAILED_FILE = "_FAILED.json"
 
 
 class StageMismatchError(RuntimeError):
@@ -131,6 +134,21 @@ class StageDir:
 
     def mark_done(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.path / SUCCESS_FILE, summary)
+
+    def mark_failed(self, failure: dict[str, Any]) -> None:
+        """Record why the stage's last run raised (read back by ``failure``; ``done`` is unaffected)."""
+        storage.makedirs(self.path)
+        atomic_write_json(self.path / FAILED_FILE, failure)
+
+    def failure(self) -> dict[str, Any] | None:
+        """What ``mark_failed`` recorded, or None: the stage has not failed since it last started."""
+        try:
+            return storage.read_json(self.path / FAILED_FILE)
+        except (OSError, ValueError):  # none there (or unreadable: no failure to show)
+            return None
+
+    def clear_failure(self) -> None:
+        storage.remove(self.path / FAILED_FILE)
 
     def dataset(self) -> pads.Dataset:
         if isinstance(self.path, Path):

@@ -153,11 +153,15 @@ def write_bytes(path: Location, data: bytes | pa.Buffer) -> None:
     """Publish ``data`` at ``path`` so that a reader sees the old content or the whole new one."""
     if isinstance(path, Path):
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk, a folder in the way: no stray temporary file
+            raise
         return
     fs, inner = filesystem(path)
     stream = fs.open_output_stream(inner)

@@ -162,6 +162,7 @@ class Request:
     seed: int
     stop: tuple[str, ...] = ()  # strings that end the completion (left out of its text)
     continue_final: bool = False  # extend the last (assistant) message instead of starting a new one
+    images: tuple[str, ...] = ()  # image ids (datagen.records): the pictures of the first user message
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,7 @@ def sample_row(prompt: Prompt, idx: int, cfg: GenerateConfig, model: str, seed: 
         "sample_idx": idx,
         "task": prompt.task,
         "messages": prompt.messages,
+        "images": list(prompt.images),
         "reference": prompt.reference,
         "metadata": json.dumps(prompt.metadata, sort_keys=True),
         "mode": cfg.mode,
@@ -251,10 +253,12 @@ def _first_attempts(
     for p in prompts:
         conv = base_conversation(p, cfg)
         if cfg.mode == "sima":
-            requests.append(Request(conv, 1, 0.0, derive_seed(seed, p.prompt_id, "greedy")))
-            requests.append(Request(conv, cfg.n - 1, cfg.temperature, derive_seed(seed, p.prompt_id, "a1")))
+            requests.append(Request(conv, 1, 0.0, derive_seed(seed, p.prompt_id, "greedy"), images=p.images))
+            a1 = derive_seed(seed, p.prompt_id, "a1")
+            requests.append(Request(conv, cfg.n - 1, cfg.temperature, a1, images=p.images))
         else:
-            requests.append(Request(conv, cfg.n, cfg.temperature, derive_seed(seed, p.prompt_id, "a1")))
+            a1 = derive_seed(seed, p.prompt_id, "a1")
+            requests.append(Request(conv, cfg.n, cfg.temperature, a1, images=p.images))
     outputs = complete(requests)
     if cfg.mode == "sima":
         return [outputs[i] + outputs[i + 1] for i in range(0, len(outputs), 2)]
@@ -302,7 +306,13 @@ def generate_rows(
             row["review_prompt"] = review
         outs2 = complete(
             [
-                Request(r["conversation"], 1, second_t, derive_seed(seed, r["prompt_id"], "a2", r["sample_idx"]))
+                Request(
+                    r["conversation"],
+                    1,
+                    second_t,
+                    derive_seed(seed, r["prompt_id"], "a2", r["sample_idx"]),
+                    images=tuple(r["images"]),
+                )
                 for r in rows
             ]
         )
@@ -353,7 +363,13 @@ def _selfee_rounds(
             return []
         return complete(
             [
-                Request(dialogues[id(r)], 1, temperature, derive_seed(seed, r["prompt_id"], turn, r["sample_idx"]))
+                Request(
+                    dialogues[id(r)],
+                    1,
+                    temperature,
+                    derive_seed(seed, r["prompt_id"], turn, r["sample_idx"]),
+                    images=tuple(r["images"]),
+                )
                 for r in rows_
             ]
         )
@@ -458,7 +474,14 @@ def _selfee_chains(
     texts: dict[int, str] = {}
     firsts = complete(
         [
-            Request(base_conversation(p, cfg), cfg.n, cfg.temperature, derive_seed(seed, p.prompt_id, "a1"), stops)
+            Request(
+                base_conversation(p, cfg),
+                cfg.n,
+                cfg.temperature,
+                derive_seed(seed, p.prompt_id, "a1"),
+                stops,
+                images=p.images,
+            )
             for p in prompts
         ]
     )
@@ -504,6 +527,7 @@ def _selfee_chains(
                         derive_seed(seed, r["prompt_id"], f"chain{step}", r["sample_idx"]),
                         stops,
                         continue_final=True,
+                        images=tuple(r["images"]),
                     )
                     for r in going
                 ]

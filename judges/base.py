@@ -8,13 +8,14 @@ returns one ``JudgeResult`` per row, in order. A bad model answer never raises: 
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from datagen.records import judge_column
+from datagen.records import IMAGE_BYTES, image_mime, judge_column
 
 
 @dataclass
@@ -152,6 +153,23 @@ def question_text(row: dict[str, Any]) -> str:
     messages = row.get("messages") or []
     users = [m["content"] for m in messages if m.get("role") == "user"]
     return users[-1] if users else ""
+
+
+def image_parts(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The row's images as chat content parts, as GPT-4V and vLLM's chat take them (base64 data URLs).
+
+    Empty for a row without images. The judge stage puts the bytes beside the row (``IMAGE_BYTES``).
+    """
+    ids = list(row.get("images") or [])
+    if not ids:
+        return []
+    data = row.get(IMAGE_BYTES)
+    if data is None or len(data) != len(ids):
+        raise ValueError(f"row {row.get('prompt_id')!r} has images but not their bytes ({IMAGE_BYTES})")
+    return [
+        {"type": "image_url", "image_url": {"url": f"data:{image_mime(i)};base64,{base64.b64encode(b).decode()}"}}
+        for i, b in zip(ids, data, strict=True)
+    ]
 
 
 def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str] | None]:

@@ -100,6 +100,11 @@ class SelfCriticSettings(JudgeSettings):
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0)
     few_shot: bool = True
+    order: Literal["pair", "swapped"] = Field(
+        "pair",
+        description="pair: the row's pair in order (for SIMA rows the greedy response first); swapped: the second "
+        "first, as SIMA's seed shows the sampled response before the greedy one (the verdict is mapped back)",
+    )
     batch_size: int = Field(256, ge=1)
     engine: dict[str, Any] = Field(
         default_factory=dict,

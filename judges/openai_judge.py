@@ -10,6 +10,9 @@ tokens/min buckets. 429 (honouring Retry-After), 5xx, timeouts and cut connectio
 with exponential backoff; other errors flag the row. Every answer is cached on disk keyed by
 (model, messages, parameters, judge version), so a rerun costs no calls. The API key is read from
 the named environment variable when a request is made and is scrubbed from every error text.
+
+A row with images sends them in the user message, before its text, as image content parts with
+base64 data URLs, as GPT-4V (and vLLM's server) takes them.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from judges.base import (
     JudgeResult,
     combine_orders,
     dumps,
+    image_parts,
     pairs,
     parse_verdict,
     question_text,
@@ -141,6 +145,12 @@ def validate_preference(text: str) -> tuple[int | None, str]:
     return verdict, ""
 
 
+def _user(row: dict[str, Any], text: str) -> dict[str, Any]:
+    """The user message: the text, after the row's images when it has any."""
+    images = image_parts(row)
+    return {"role": "user", "content": [*images, {"type": "text", "text": text}] if images else text}
+
+
 def _reference_block(row: dict[str, Any]) -> str:
     ref = row.get("reference")
     return f"\nReference answer (for your judgement only):\n{ref}\n" if ref else ""
@@ -209,7 +219,7 @@ class OpenAIJudge(BaseJudge):
             user = POINTWISE_USER.format(
                 question=question_text(row), reference_block=_reference_block(row), response=response
             )
-            messages = [{"role": "system", "content": POINTWISE_SYSTEM}, {"role": "user", "content": user}]
+            messages = [{"role": "system", "content": POINTWISE_SYSTEM}, _user(row, user)]
             score, text, error = await self._structured(messages, validate_score)
             setattr(res, f"score{slot}", score)
             raw[slot] = text
@@ -227,7 +237,7 @@ class OpenAIJudge(BaseJudge):
             user = PAIRWISE_USER.format(
                 question=question_text(row), reference_block=_reference_block(row), first=first, second=second
             )
-            asks.append([{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": user}])
+            asks.append([{"role": "system", "content": PAIRWISE_SYSTEM}, _user(row, user)])
         (fwd, fwd_text, fwd_err), (swp, swp_text, swp_err) = await asyncio.gather(
             *(self._structured(m, validate_preference) for m in asks)
         )

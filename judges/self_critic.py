@@ -1,16 +1,21 @@
 """In-context self-critic (SIMA): the policy model itself picks the better of two responses.
 
-The model (in vLLM) sees the question, the reference answer, a few worked examples and SIMA's three
-criteria carried over from image description to text answers, and ends with "[[1]]" or "[[2]]".
-The verdict is parsed leniently (``parse_verdict``); an unparseable one gives pref 0 with an
-error, and the row is kept. The pair of each row follows ``judges.base.pairs``.
+On a row with images the model (in vLLM) sees the images and SIMA's own critic prompt
+(``judges.sima_critic``: the question, the ground truth, two responses and its three metrics of
+object, relationship and attribute accuracy, with its two worked examples). On a text row it sees
+the question, the reference answer, a few worked examples and SIMA's three criteria carried over
+from image description to text answers. Either way it ends with "[[1]]" or "[[2]]". The verdict is
+parsed leniently (``parse_verdict``); an unparseable one gives pref 0 with an error, and the row
+is kept. The pair of each row follows ``judges.base.pairs``; ``order: swapped`` shows its second
+response first (SIMA's seed shows the sampled answer before the greedy one) and maps the verdict back.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from judges.base import BaseJudge, JudgeResult, pairs, parse_verdict, question_text, register
+from judges.base import BaseJudge, JudgeResult, image_parts, pairs, parse_verdict, question_text, register
+from judges.sima_critic import sima_critic_prompt
 
 CRITERIA = """\
 1. Accuracy of the final answer: does the response reach the same result as the reference answer?
@@ -78,31 +83,55 @@ class SelfCriticJudge(BaseJudge):
             temperature=settings.temperature, max_tokens=settings.max_tokens, seed=0
         )
 
-    def generate(self, conversations: list[list[dict[str, str]]]) -> list[str]:
+    def generate(self, conversations: list[list[dict[str, Any]]]) -> list[str]:
         outputs = self.llm.chat(conversations, self.sampling, use_tqdm=False)
         return [o.outputs[0].text for o in outputs]
 
+    def answers(self, conversations: list[list[dict[str, Any]]]) -> list[tuple[str, str]]:
+        """(the critic's text, "") per conversation, or ("", why vLLM refused it): a critic prompt longer than
+        the context (SIMA's, with its examples and the picture, is over a thousand tokens) is one row's
+        problem, not the batch's. The batch is tried whole first, then one by one to find the refused."""
+        from vllm.exceptions import VLLMClientError
+
+        try:
+            return [(text, "") for text in self.generate(conversations)]
+        except VLLMClientError as e:
+            if len(conversations) == 1:
+                return [("", f"vLLM refused the critic's prompt: {str(e).splitlines()[0]}")]
+        return [answer for c in conversations for answer in self.answers([c])]
+
+    def ask(self, row: dict[str, Any], first: str, second: str) -> list[dict[str, Any]]:
+        """The critic's conversation about one pair: SIMA's own prompt beside the images, else the text one."""
+        images = image_parts(row)
+        few_shot = self.settings.few_shot
+        if not images:
+            text = critic_prompt(question_text(row), row.get("reference"), first, second, few_shot=few_shot)
+            return [{"role": "user", "content": text}]
+        text = sima_critic_prompt(question_text(row), row.get("reference"), first, second, few_shot=few_shot)
+        return [{"role": "user", "content": [*images, {"type": "text", "text": text}]}]
+
     def judge(self, rows: list[dict[str, Any]]) -> list[JudgeResult]:
         results = [JudgeResult() for _ in rows]
+        swapped = self.settings.order == "swapped"
         asks, where = [], []
         for i, (row, pair) in enumerate(zip(rows, pairs(rows), strict=True)):
             if pair is None:
                 continue
-            text = critic_prompt(
-                question_text(row), row.get("reference"), *pair, few_shot=self.settings.few_shot
-            )
-            asks.append([{"role": "user", "content": text}])
+            asks.append(self.ask(row, *(pair[::-1] if swapped else pair)))
             where.append(i)
         if asks:
             self.stats.calls += len(asks)
-            for i, text in zip(where, self.generate(asks), strict=True):
+            for i, (text, refused) in zip(where, self.answers(asks), strict=True):
                 verdict = parse_verdict(text)
                 results[i].raw = text
-                if verdict is None:
+                if refused:
+                    results[i].pref = 0
+                    results[i].flag(refused)
+                elif verdict is None:
                     results[i].pref = 0
                     results[i].flag("no verdict in the critic's answer")
                 else:
-                    results[i].pref = verdict
+                    results[i].pref = {1: 2, 2: 1}.get(verdict, verdict) if swapped else verdict
         return self._account(results)
 
     def close(self) -> None:

@@ -2,8 +2,9 @@
 
 Math rows: the final answer is extracted from the response (``judges.answers``: the last explicit
 final statement, else the closing sentence; a response cut off by the token limit, or any response
-with ``explicit_answers_only`` (for RL rewards), only by an explicit statement) and compared with
-the reference by ``math-verify`` (integers, decimals, fractions, LaTeX). The raw output records the
+with ``explicit_answers_only`` (for RL rewards), only by an explicit statement), read whole
+(``judges.answer_forms``: tuples, intervals, sets, matrices, relations, words and letters) and
+compared with the reference, read the same way, by ``math-verify``. The raw output records the
 answer, the rule that found it and the finish reason, so a score can be audited. Code rows: the
 HumanEval-style tests run in a sandboxed process (``judges.code_sandbox``). A response with no final
 answer scores 0.0 (the model failed); a row the verifier cannot judge (no reference, no tests, an
@@ -14,13 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from datagen.records import CODE_ENTRY_POINT, CODE_PROMPT, CODE_TEST
-from judges.answers import Extraction, extract
+from judges.answer_forms import same_answer
+from judges.answers import Extraction, extract, reference_answer
 from judges.base import BaseJudge, JudgeResult, dumps, register
 from judges.code_sandbox import SandboxLimits, isolation, run_humaneval
 
@@ -37,27 +38,10 @@ def extract_answer(text: str | None, finish: str | None = None) -> str | None:
 
 
 def answers_match(answer: str, reference: str, timeout_s: int | None = 5) -> bool:
-    """Whether two answer strings are mathematically equal (``math-verify``; exact text as a fallback).
-
-    Both sides are parsed as LaTeX/expressions inside ``$...$`` so bare ``\\frac34``, ``3/4``,
-    ``0.75`` and ``1,000`` all parse. The signal-based timeout only works on the main thread; on
-    other threads it is off.
-    """
-    from math_verify import parse, verify
-
-    if threading.current_thread() is not threading.main_thread():
-        timeout_s = None
-
-    def _parse(s: str):
-        s = s.strip()
-        parsed = parse(s if "$" in s else f"${s}$", parsing_timeout=timeout_s)
-        return parsed or parse(s, parsing_timeout=timeout_s)
-
-    gold, pred = _parse(reference), _parse(answer)
-    if gold and pred and verify(gold, pred, timeout_seconds=timeout_s):
-        return True
-    norm = lambda s: re.sub(r"\s+", "", s).strip("$.").lower()  # noqa: E731
-    return norm(answer) == norm(reference)
+    """Whether two answers are equal (``judges.answer_forms.same_answer``: words as words, the rest
+    through ``math-verify``: integers, decimals, fractions, LaTeX, tuples, intervals, sets, matrices,
+    relations)."""
+    return same_answer(answer, reference, timeout_s)
 
 
 def score_math(
@@ -70,13 +54,14 @@ def score_math(
     """Score a math response against the reference: (1.0 or 0.0, what was extracted and by which rule).
 
     ``finish`` is the response's finish reason (``attempt1_finish``/``attempt2_finish``);
-    ``explicit_only`` credits only an explicit final statement (``judges.answers``).
+    ``explicit_only`` credits only an explicit final statement (``judges.answers``). The reference
+    is read as an answer too (``judges.answers.reference_answer``: "\\$18", ``\\text{(B)}``, a
+    GSM8K solution ending in ``#### 72``).
     """
-    ref = extract(reference).answer if ("\\boxed" in reference or "##" in reference) else reference
     found = extract(response, finish, explicit_only)
     if found.answer is None:
         return 0.0, found
-    return (1.0 if answers_match(found.answer, ref or reference, timeout_s) else 0.0), found
+    return (1.0 if answers_match(found.answer, reference_answer(reference), timeout_s) else 0.0), found
 
 
 def check_math(
@@ -91,8 +76,9 @@ def check_math(
 class Verifier(BaseJudge):
     """Scores attempt 1 and attempt 2 of math and code rows against their ground truth."""
 
-    # 2: the final-answer extractor of judges.answers, finish reasons, the namespaced code sandbox
-    version = "2"
+    # 2: the final-answer extractor of judges.answers, finish reasons, the namespaced code sandbox;
+    # 3: answers and references read in every MATH/GSM8K form (judges.answer_forms), #### N explicit
+    version = "3"
 
     def __init__(self, name: str, settings: Any):
         super().__init__(name, settings)

@@ -7,7 +7,8 @@ not use, the reason, so a run can say why it trained on fewer pairs than it gene
 Pairs are conversational as TRL's ``DPOTrainer`` loads them: ``prompt`` is the original chat,
 ``chosen``/``rejected`` are one assistant message each. SFT examples are ``messages``. Each example
 also carries ``prompt_id``, a ``group`` (the pairs that must share an optimizer step) and a unique
-``pair_id``.
+``pair_id``, and the prompt's ``images`` (ids in the run's image store; TRL's trainers get the
+pictures when a batch is made, ``rl.vision``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from datagen.records import MESSAGES, judge_column
+from datagen.records import IMAGES, MESSAGES, judge_column
 from datagen.shards import StageInputError
 from datagen.turns import NEEDED, NOT_NEEDED, enforce_revision, format_chain, has_verdict, needs_revision
 from rl.config import SELFEE_PASS_MARKS, BuildConfig
@@ -39,6 +40,7 @@ PAIR_SCHEMA = pa.schema(
         ("rejected", MESSAGES),
         ("chosen_source", pa.string()),
         ("rejected_source", pa.string()),
+        ("images", IMAGES),
     ]
 )
 SFT_SCHEMA = pa.schema(
@@ -47,6 +49,7 @@ SFT_SCHEMA = pa.schema(
         ("prompt_id", pa.string()),
         ("group", pa.string()),
         ("messages", MESSAGES),
+        ("images", IMAGES),
     ]
 )
 
@@ -80,6 +83,7 @@ def _pair(row: Row, pair_id: str, chosen: str, rejected: str, chosen_src: str, r
         "rejected": _assistant(rejected),
         "chosen_source": chosen_src,
         "rejected_source": rejected_src,
+        "images": list(row.get("images") or []),
     }
 
 
@@ -369,6 +373,7 @@ def build_selfee(rows: list[Row], cfg: BuildConfig) -> BuildResult:
                     "prompt_id": row["prompt_id"],
                     "group": row["prompt_id"],
                     "messages": [dict(m) for m in row["messages"]] + _assistant(chain),
+                    "images": list(row.get("images") or []),
                 }
             )
     return out

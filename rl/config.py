@@ -98,6 +98,20 @@ class LoraConfig(Strict):
     )
 
 
+class VisionTrainConfig(Strict):
+    """What trains in a vision-language model besides the language model's LoRA (or full) weights (``rl.vision``)."""
+
+    tower: Literal["frozen", "lora", "full"] = Field(
+        "frozen", description="the vision encoder: frozen, LoRA on its target modules too, or all its weights"
+    )
+    projector: Literal["frozen", "full"] = Field(
+        "frozen", description="the projector from vision features to the language model: frozen or all its weights"
+    )
+    projector_lr: float | None = Field(
+        None, gt=0, description="learning rate of the projector when it trains (default: train.lr; SIMA: 2e-5)"
+    )
+
+
 class SftFirstConfig(Strict):
     """SFT on the chosen responses before DPO, and DPO from the result (Self-Contrast's starting point)."""
 
@@ -186,6 +200,7 @@ class TrainConfig(Strict):
     )
     score: ScoreConfig = ScoreConfig()
     lora: LoraConfig = LoraConfig()
+    vision: VisionTrainConfig = VisionTrainConfig()
     beta: float = Field(0.1, gt=0, description="DPO: strength of the pull toward the reference model")
     sft_beta: float = Field(
         0.0,
@@ -216,7 +231,9 @@ class TrainConfig(Strict):
         description="examples over max_length: error refuses to train (exit 2); drop leaves them out, counted",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on GPU, fp32 on CPU"
+        "auto",
+        description="auto: bf16 where the hardware computes it natively (GPUs, CPUs with AMX/AVX512-BF16), "
+        "else fp32; resolved in each training worker",
     )
     gradient_checkpointing: bool = False
     num_workers: int = Field(1, ge=1, description="Ray Train workers (one GPU each when use_gpu)")

@@ -17,6 +17,9 @@ attempt 1, the review prompt, attempt 2. The sub-stages resume exactly once as t
 own, so an eval killed part way redoes only the missing shards, and a model whose rows are judged
 already is not run again.
 
+Prompts with images keep them in the run's image store (``RUN_DIR/images``), shared with the
+training prompts' and stored once however many models answer them.
+
 ``RUN_DIR`` may be on object storage: the sub-stages write there as they do anywhere, and a model
 folder there (``RUN_DIR/train/model``) is checked and fingerprinted as its objects and copied to local
 disk, once per version, by each process that loads it (``datagen.models.resolve_model``).
@@ -37,6 +40,7 @@ from pydantic import ValidationError
 from datagen import storage
 from datagen.config import EngineConfig, GenerateConfig, JudgePoolConfig, PromptsConfig
 from datagen.generate import GeneratePlan, plan_generate, run_generate
+from datagen.images import store_location
 from datagen.judging import judge_versions, plan_judge, run_judge
 from datagen.metrics import stage_tags
 from datagen.models import ModelNotFoundError, resolve_model
@@ -135,12 +139,12 @@ def check_overlap(eval_prompts: PromptsConfig, train_prompts: PromptsConfig) -> 
     """Refuse an eval set that shares a problem (by id, or by identical prompt) with the training prompts."""
     train = load_prompts(train_prompts)
     train_ids = {p.prompt_id for p in train}
-    train_texts = {json.dumps(p.messages, sort_keys=True) for p in train}
-    shared = [
-        p.prompt_id
-        for p in load_prompts(eval_prompts)
-        if p.prompt_id in train_ids or json.dumps(p.messages, sort_keys=True) in train_texts
-    ]
+
+    def problem(p: Any) -> str:  # the text and the pictures: one question about two images is two problems
+        return json.dumps([p.messages, list(p.images)], sort_keys=True)
+
+    train_texts = {problem(p) for p in train}
+    shared = [p.prompt_id for p in load_prompts(eval_prompts) if p.prompt_id in train_ids or problem(p) in train_texts]
     if shared:
         shown = ", ".join(shared[:10]) + (f" and {len(shared) - 10} more" if len(shared) > 10 else "")
         raise EvalInputError(
@@ -368,7 +372,9 @@ def _judged(plan: EvalPlan, root: Location, judges: dict[str, JudgeSettings]) ->
     """The judge stage on ``root/generate``, into ``root/judge`` (skipped once done)."""
     out = StageDir(root / "judge")
     if not out.done():
-        jplan = plan_judge(judges, root, plan.policy, plan.model_cache, plan.engine, plan.seed, plan.pool)
+        jplan = plan_judge(
+            judges, root, plan.policy, plan.model_cache, plan.engine, plan.seed, plan.pool, store_location(plan.run_dir)
+        )
         run_judge(jplan, out, tags=stage_tags(out.path, plan.run_dir))
     return out
 
@@ -379,7 +385,9 @@ def _eval_model(plan: EvalPlan, run: ModelRun, root: Location) -> dict[str, Any]
     gen_dir, judge_dir = StageDir(base / "generate"), StageDir(base / "judge")
     if not judge_dir.done():
         if not gen_dir.done():
-            run_generate(run.generate, gen_dir, tags=stage_tags(gen_dir.path, plan.run_dir))
+            run_generate(
+                run.generate, gen_dir, tags=stage_tags(gen_dir.path, plan.run_dir), images=store_location(plan.run_dir)
+            )
         _judged(plan, base, plan.judges)
     gen, judged = gen_dir.summary(), judge_dir.summary()
     return {
@@ -395,7 +403,9 @@ def _selfee_k(plan: EvalPlan, run: ModelRun, root: Location) -> dict[str, Any]:
     assert run.selfee is not None and plan.cfg.selfee_revisions is not None
     gen_dir = StageDir(root / run.label / "selfee" / "generate")
     if not gen_dir.done():
-        run_generate(run.selfee, gen_dir, tags=stage_tags(gen_dir.path, plan.run_dir))
+        run_generate(
+            run.selfee, gen_dir, tags=stage_tags(gen_dir.path, plan.run_dir), images=store_location(plan.run_dir)
+        )
     k_max, n = plan.cfg.selfee_revisions, plan.cfg.n
     derived = root / run.label / "selfee_k"
     derive_stage(

@@ -2,7 +2,9 @@
 
 LLaMA-Factory's pairwise Alpaca format is ``{"instruction", "input", "chosen", "rejected"}`` (plus
 ``system`` and ``history`` when the chat has them); Alpaca SFT is ``{"instruction", "input",
-"output"}``. A ``dataset_info.json`` beside them registers both with LLaMA-Factory.
+"output"}``. A ``dataset_info.json`` beside them registers both with LLaMA-Factory. A prompt with
+images gets LLaMA-Factory's multimodal form: an ``<image>`` placeholder per image before the
+instruction and ``images``, the paths of the pictures in the run's image store.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from datagen import storage
+from datagen.images import store_location
 from datagen.shards import StageDir, atomic_write_bytes, atomic_write_json
 from rl.build import read_built
 
@@ -55,12 +58,23 @@ def run_export(build_dir: StageDir, out_dir: str | Path | storage.ObjectPath) ->
     import json
 
     rows = read_built(build_dir).to_pylist()
+    store = store_location(build_dir.path.parent)
+    with_images = any(r.get("images") for r in rows)
+
+    def pictured(record: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+        if with_images:
+            ids = row.get("images") or []
+            record["instruction"] = "<image>" * len(ids) + record["instruction"]
+            record["images"] = [str(store / i) for i in ids]
+        return record
+
     out = storage.as_location(out_dir)
     storage.makedirs(out)
     written: dict[str, int] = {}
     info: dict[str, Any] = {}
     if rows and "chosen" in rows[0]:
-        atomic_write_bytes(out / PAIRWISE_FILE, json.dumps([to_pairwise(r) for r in rows], indent=1).encode())
+        pairwise = [pictured(to_pairwise(r), r) for r in rows]
+        atomic_write_bytes(out / PAIRWISE_FILE, json.dumps(pairwise, indent=1).encode())
         written[PAIRWISE_FILE] = len(rows)
         info["selfcorrect_pairwise"] = {
             "file_name": PAIRWISE_FILE,
@@ -74,7 +88,8 @@ def run_export(build_dir: StageDir, out_dir: str | Path | storage.ObjectPath) ->
                 "history": "history",
             },
         }
-    atomic_write_bytes(out / ALPACA_FILE, json.dumps([to_alpaca(r) for r in rows], indent=1).encode())
+    alpaca = [pictured(to_alpaca(r), r) for r in rows]
+    atomic_write_bytes(out / ALPACA_FILE, json.dumps(alpaca, indent=1).encode())
     written[ALPACA_FILE] = len(rows)
     info["selfcorrect_alpaca"] = {
         "file_name": ALPACA_FILE,
@@ -86,6 +101,9 @@ def run_export(build_dir: StageDir, out_dir: str | Path | storage.ObjectPath) ->
             "history": "history",
         },
     }
+    if with_images:
+        for entry in info.values():
+            entry["columns"]["images"] = "images"
     atomic_write_json(out / "dataset_info.json", info)
     summary = {"dir": str(out), "files": written}
     atomic_write_json(out / "_SUCCESS.json", summary)

@@ -37,7 +37,17 @@ class Outcome:
 
 
 def interval(value: float, low: float, high: float) -> dict[str, float]:
-    return {"value": float(value), "low": float(low), "high": float(high)}
+    """An estimate and its interval, which always holds it: low ≤ value ≤ high.
+
+    Rounding can leave a Wilson bound a hair past its estimate (a low of 3.5e-18 over a share of 0),
+    and a percentile bootstrap over few problems or resamples can miss the mean; the interval is
+    widened to the estimate then, so that error bars drawn from it are never negative. A NaN value
+    (a metric over nothing) keeps the bounds given.
+    """
+    value, low, high = float(value), float(low), float(high)
+    if not math.isnan(value):
+        low, high = min(low, value), max(high, value)
+    return {"value": value, "low": low, "high": high}
 
 
 def wilson(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
@@ -45,15 +55,19 @@ def wilson(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
 
     With p = successes / n:  centre = (p + z²/2n) / (1 + z²/n),
     half-width = z / (1 + z²/n) · sqrt(p(1-p)/n + z²/4n²).  ``successes`` may be fractional (a mean
-    over samples times the number of problems). n = 0 gives the uninformative (0, 1).
+    over samples times the number of problems). n = 0 gives the uninformative (0, 1). The bounds
+    hold p, and at p = 0 the low bound is exactly 0, at p = 1 the high bound exactly 1 (in exact
+    arithmetic centre − half = 0 there; in floating point it can come out as 3.5e-18).
     """
     if n <= 0:
         return 0.0, 1.0
-    p = successes / n
+    p = min(max(successes / n, 0.0), 1.0)
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z / denom * math.sqrt(max(p * (1 - p) / n + z * z / (4 * n * n), 0.0))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if p == 0.0 else min(max(0.0, centre - half), p)
+    high = 1.0 if p == 1.0 else max(min(1.0, centre + half), p)
+    return low, high
 
 
 def proportion(values: Sequence[float]) -> dict[str, float]:
@@ -70,7 +84,8 @@ def bootstrap_mean(values: Sequence[float], *, seed: int = 0, resamples: int = 2
     """The mean of per-problem values with a seeded percentile-bootstrap interval over problems (Efron, 1979).
 
     Draw ``resamples`` samples of the problems with replacement, take each one's mean, and report the
-    (1-level)/2 and (1+level)/2 quantiles of those means.
+    (1-level)/2 and (1+level)/2 quantiles of those means (widened to the mean where they miss it,
+    see ``interval``).
     """
     arr = np.asarray(values, dtype=float)
     if arr.size == 0:

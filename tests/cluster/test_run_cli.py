@@ -3,6 +3,7 @@ second run that skips them all."""
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -62,3 +63,27 @@ def test_run_every_stage_then_skip_them(tmp_path, tiny_model_dir):
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stderr.count("done already") == 5
     assert "report: " in again.stderr  # the report is rebuilt every time
+
+    # The report failing after everything else (a folder where report.md goes): the eval's output is
+    # kept, the error names the command that redoes only the report, and status shows it failed.
+    metrics_json = (run_dir / "eval" / "metrics.json").read_bytes()
+    (run_dir / "report" / "report.md").unlink()
+    (run_dir / "report" / "report.md").mkdir()
+    broken = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert broken.returncode == 1 and broken.stderr.count("done already") == 5, broken.stderr[-4000:]
+    redo = shlex.join(["selfcorrect", "report", *argv[4:]])
+    assert "error: report failed: IsADirectoryError: " in broken.stderr
+    intact = "the generate, judge, build, train and eval outputs are intact"
+    assert f"{intact}: `{redo}` redoes only the report" in broken.stderr
+    assert (run_dir / "eval" / "metrics.json").read_bytes() == metrics_json
+    status = [sys.executable, "-m", "cluster.cli", "status", "run"]
+    shown = subprocess.run(status, cwd=tmp_path, capture_output=True, text=True, timeout=120).stdout
+    states = {line.split()[0]: line.split()[1] for line in shown.splitlines()[1:] if line.startswith("  ")}
+    assert states == {**{s: "done" for s in ("generate", "judge", "build", "train", "eval")}, "report": "failed"}
+    assert f"`{redo}` redoes only the report" in shown
+    (run_dir / "report" / "report.md").rmdir()
+    fixed = subprocess.run([sys.executable, "-m", "cluster.cli", *shlex.split(redo)[1:]], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert fixed.returncode == 0 and "done already" not in fixed.stderr, fixed.stderr[-4000:]
+    shown = subprocess.run(status, cwd=tmp_path, capture_output=True, text=True, timeout=120).stdout
+    assert [line.split()[1] for line in shown.splitlines()[1:]] == ["done"] * 6, shown

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 import time
 from pathlib import Path
 
@@ -158,3 +160,83 @@ def test_status_of_a_run_on_object_storage_reads_as_the_same_run_on_disk(s3, tmp
     out = capsys.readouterr().out
     assert out.splitlines()[0] == f"run s3://{BUCKET}/status/none (does not exist yet)"
     assert all(line.split(None, 1)[1].strip() == "not started" for line in out.splitlines()[1:])
+
+
+def finished_run(tmp_path: Path) -> Path:
+    """A run whose stages up to eval finished, its metrics.json written by the metrics code from judged
+    rows: two models right at no second attempt on 72 problems (an Acc@t2 of 0 that once broke the plots)."""
+    from rl import metrics
+
+    cfg = load_config(ROOT / "configs/quickstart.yaml", [f"run_dir={tmp_path / 'run'}"])
+    run = Path(cfg.run_dir)
+    _write_config(cfg)
+    for stage in ("generate", "judge", "build", "train"):
+        (run / stage).mkdir()
+        StageDir(run / stage).mark_done({"shards": 1, "steps": 2, "model": str(run / "train" / "model")})
+    models, found = {}, {}
+    for label, right in (("base", 16), ("trained", 11)):
+        rows = [{"prompt_id": f"q{i}", "sample_idx": 0, "task": "math", "verifier_score1": float(i < right),
+                 "verifier_score2": 0.0, "verifier_error": None} for i in range(72)]
+        models[label] = metrics.model_metrics(label, rows, judge="verifier")
+        found[label] = metrics.outcomes(rows, "verifier")
+    eval_dir = StageDir(run / "eval")
+    eval_dir.path.mkdir()
+    atomic_write_json(eval_dir.path / "metrics.json", {"version": 1, "eval": {"problems": 72}, "models": models,
+                                                      "comparisons": metrics.comparisons(found), "pairwise": []})
+    eval_dir.mark_done({"models": {"base": {}, "trained": {}}})
+    return run
+
+
+def test_a_report_that_fails_after_eval_is_shown_failed_with_the_command_that_redoes_it(tmp_path, capsys):
+    run = finished_run(tmp_path)
+    metrics_json = (run / "eval" / "metrics.json").read_bytes()
+    # A real fault while the report is written: a folder where report.md goes (left by an unpacked copy, say).
+    (run / "report" / "report.md").mkdir(parents=True)
+    (run / "report" / "report.md" / "old.md").write_text("x")
+    config = str(ROOT / "configs/quickstart.yaml")
+    assert main(["report", config, f"run_dir={run}"]) == 1
+    err = capsys.readouterr().err
+    failed = next(line for line in err.splitlines() if line.startswith("error: "))
+    redo = f"selfcorrect report {config} run_dir={run}"
+    assert failed.startswith("error: report failed: IsADirectoryError: ")
+    assert failed.endswith(
+        f"; the generate, judge, build, train and eval outputs are intact: `{redo}` redoes only the report"
+    )
+    assert f"(the whole traceback and the libraries' output: {run / 'logs' / 'driver.log'})" in err
+    assert (run / "eval" / "metrics.json").read_bytes() == metrics_json  # eval's output untouched
+    assert not list((run / "report").glob(".*.tmp"))  # nothing half-written left behind
+
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines()[1:] if line.startswith("  ")}
+    assert lines["eval"].split()[1] == "done"
+    assert lines["report"].split()[1] == "failed" and failed.removeprefix("error: report failed: ") in lines["report"]
+    assert "last error" not in out  # the log's last error is that same line
+
+    # the command it names, once the folder is out of the way, redoes the report alone
+    shutil.rmtree(run / "report" / "report.md")
+    assert main(shlex.split(redo)[1:]) == 0
+    assert "report: " in capsys.readouterr().err and (run / "report" / "report.html").exists()
+    assert (run / "report" / "accuracy.png").read_bytes().startswith(b"\x89PNG")
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[1] for line in out.splitlines()[1:]] == ["done"] * 6
+    assert not (run / "report" / "_FAILED.json").exists()
+
+
+def test_a_stage_failing_within_run_names_run_to_go_on(tmp_path):
+    from cluster.cli import _failure_hint
+    from cluster.stages import STAGES
+
+    cfg = load_config(ROOT / "configs/quickstart.yaml", [f"run_dir={tmp_path / 'run'}"])
+    for stage in ("generate", "judge"):
+        (tmp_path / "run" / stage).mkdir(parents=True)
+        StageDir(tmp_path / "run" / stage).mark_done({})
+    in_run = [STAGES[n] for n in ("generate", "judge", "build", "train", "eval", "report")]
+    hint = _failure_hint(cfg, STAGES["build"], in_run, ["c.yaml", "run_dir=x y"])
+    assert hint == ("the generate and judge outputs are intact: `selfcorrect run c.yaml 'run_dir=x y'` "
+                    "goes on from the build (finished stages are skipped)")
+    hint = _failure_hint(cfg, STAGES["train"], [STAGES["train"]], ["c.yaml"])
+    assert hint == ("the generate and judge outputs are intact: `selfcorrect train c.yaml` "
+                    "takes up the train where it stopped")
+    assert _failure_hint(cfg, STAGES["generate"], [STAGES["generate"]], ["c.yaml"]).startswith("`selfcorrect generate")

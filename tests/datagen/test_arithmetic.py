@@ -5,6 +5,7 @@ import json
 import re
 from collections import Counter
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,8 @@ from cluster.config import ConfigError, load_config
 from datagen.arithmetic import LEVELS
 from datagen.config import PassRateConfig, PromptsConfig
 from datagen.prompts import PromptError, load_prompts
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def question(p):
@@ -82,7 +85,6 @@ def test_a_small_level_gives_all_it_has_unless_size_asks_for_more():
     [
         (["prompts.level=add_sub_3digit"], "prompts.level: Value error, unknown level 'add_sub_3digit'"),
         (["prompts.level=add_sub_1digit", "prompts.max_operand=9"], "max_operand applies to the word levels"),
-        (["prompts.builtin=humaneval", "prompts.level=word_2step"], "level applies to the built-in arithmetic"),
         (["prompts.pass_rate.above=0.5", "prompts.pass_rate.below=0.5"], "above must be < below"),
         (["eval.prompts.pass_rate={}"], "the eval measures every held-out problem"),
         (["prompts.level=add_sub_1digit", "eval.prompts.max_operand=9"], "eval.prompts.max_operand applies"),
@@ -92,6 +94,18 @@ def test_a_small_level_gives_all_it_has_unless_size_asks_for_more():
 def test_bad_ladder_settings_are_refused_naming_the_key(overrides, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
         load_config(None, overrides)
+
+
+def test_a_config_written_for_a_level_runs_on_a_prompt_file_or_the_pictures(tmp_path):
+    """The level is the arithmetic's setting: quickstart.yaml names one, and a prompt file or the picture
+    questions given on the command line replace the arithmetic without a complaint about it."""
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text(json.dumps({"prompt_id": "mine-1", "prompt": "What is 2 + 2?", "reference": "4"}) + "\n")
+    cfg = load_config(ROOT / "configs/quickstart.yaml", [f"prompts.path={prompts}"])
+    assert cfg.prompts.builtin is None and [p.prompt_id for p in load_prompts(cfg.prompts)] == ["mine-1"]
+    cfg = load_config(ROOT / "configs/quickstart.yaml", ["prompts.builtin=pictures", "prompts.size=2",
+                                                           "eval.prompts.builtin=pictures"])
+    assert all(p.images for p in load_prompts(cfg.prompts))
 
 
 def test_the_eval_follows_the_training_level_unless_it_names_its_own(tmp_path):

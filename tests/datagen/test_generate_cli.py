@@ -139,7 +139,9 @@ def engine_cores(pid):
 
 def test_a_dead_engine_restarts_its_actor_and_the_shard_is_retried(reference, tiny_model_dir, tmp_path):
     run_dir = tmp_path / "engine-killed"
-    p = start(run_dir, tiny_model_dir)
+    # The engine core in a process of its own (the default with GPUs; on CPU it runs in the actor, whose
+    # death Ray handles as any actor's): the actor must notice that process die and end itself.
+    p = start(run_dir, tiny_model_dir, "generate.engine.multiprocessing=true")
     deadline = time.monotonic() + 300
     while not (shards(run_dir) and engine_cores(p.pid)):
         assert p.poll() is None and time.monotonic() < deadline

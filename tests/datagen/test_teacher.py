@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from vllm_server import serve_openai
 
 from datagen.config import GenerateConfig
 from datagen.records import SAMPLE_SCHEMA, Prompt
@@ -107,16 +106,15 @@ def test_teacher_needs_its_key_in_the_environment(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_shard_with_vllm_serve_as_teacher(tiny_model_dir, tmp_path):
+def test_a_shard_with_vllm_serve_as_teacher(tiny_model_dir, openai_server, tmp_path):
     """The generation worker with an API teacher that writes every turn: no policy engine starts."""
     from datagen.engine import GenerationWorker
 
-    with serve_openai(tiny_model_dir, tmp_path / "server.log", drop_env=(KEY_ENV,)) as url:
-        cfg = gen_cfg(url, tmp_path, model="tiny", timeout_s=120)
-        cfg = cfg.model_copy(update={"n": 2, "max_tokens": 8, "max_revisions": 2, "temperature": 1.0})
-        worker = GenerationWorker(str(tiny_model_dir), "/unused", cfg.model_dump(), seed=0)
-        assert worker.policy is None
-        table, stats = worker({"shard": 0, "prompts": [p.to_row() for p in PROMPTS[:2]]})
+    cfg = gen_cfg(openai_server, tmp_path, model="tiny", timeout_s=120)
+    cfg = cfg.model_copy(update={"n": 2, "max_tokens": 8, "max_revisions": 2, "temperature": 1.0})
+    worker = GenerationWorker(str(tiny_model_dir), "/unused", cfg.model_dump(), seed=0)
+    assert worker.policy is None
+    table, stats = worker({"shard": 0, "prompts": [p.to_row() for p in PROMPTS[:2]]})
     assert table.schema == SAMPLE_SCHEMA and table.num_rows == 4
     rows = table.to_pylist()
     assert [(r["prompt_id"], r["sample_idx"]) for r in rows] == [("p0", 0), ("p0", 1), ("p1", 0), ("p1", 1)]

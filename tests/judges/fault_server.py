@@ -33,6 +33,7 @@ class FaultServer:
         self.requests = 0
         self.faults: dict[str, int] = {}
         self.auth_headers: set[str] = set()
+        self.bodies: list[dict] = []  # every request as sent
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,6 +45,7 @@ class FaultServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
                 server.auth_headers.add(self.headers.get("authorization", ""))
+                server.bodies.append(body)
                 kind = server._draw()
                 if kind == "429":
                     return self._send(429, {"error": {"message": "slow down"}}, {"retry-after": "0.05"})
@@ -100,6 +102,8 @@ class FaultServer:
     @staticmethod
     def answer(body: dict) -> str:
         prompt = body["messages"][-1]["content"]
+        if not isinstance(prompt, str):  # content parts: images and the text
+            prompt = " ".join(part.get("text", "") for part in prompt)
         if "[Response 1]" in prompt or "verdict" in json.dumps(body["messages"]):
             return json.dumps({"rationale": "first is better", "verdict": "[[1]]"})
         return json.dumps({"rationale": "fine", "score": 7})

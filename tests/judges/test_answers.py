@@ -169,7 +169,8 @@ def test_long_responses_stay_cheap():
     """A response with no line breaks, or with braces that never close, is not read quadratically."""
     import time
 
-    for text in ("The answer is 12. " * 3000, "\\boxed{" * 2000, "5 + 7 = 12 and " * 4000):
+    for text in ("The answer is 12. " * 3000, "\\boxed{" * 2000, "5 + 7 = 12 and " * 4000,
+                 "\\begin{pmatrix} 1 " * 3000, "The answer is " + "(" * 5000, "\\boxed{(" * 3000):
         start = time.perf_counter()
         extract(text)
         assert time.perf_counter() - start < 5  # the quadratic version took ~15 s on the first

@@ -8,7 +8,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fault_server import FaultServer
-from vllm_server import serve_openai
 
 from judges.base import build, results_to_columns
 from judges.config import judge_settings
@@ -147,22 +146,14 @@ def test_missing_key_flags_rows_without_calls(monkeypatch):
 # --- a real OpenAI-compatible server: vllm serve with the tiny random model -------------------------
 
 
-@pytest.fixture(scope="module")
-def vllm_server(tiny_model_dir, tmp_path_factory):
-    """``vllm serve`` on loopback; module-scoped so it is gone before another engine starts."""
-    log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
-    with serve_openai(tiny_model_dir, log, drop_env=(KEY_ENV,)) as url:
-        yield url
-
-
 @pytest.mark.slow
-def test_real_server_garbage_is_flagged_and_counted(vllm_server, tmp_path):
+def test_real_server_garbage_is_flagged_and_counted(openai_server, tmp_path):
     judge = build(
         "openai",
         judge_settings(
             "openai",
             {
-                "base_url": vllm_server,
+                "base_url": openai_server,
                 "model": "tiny",
                 "api_key_env": KEY_ENV,
                 "max_tokens": 24,

@@ -197,3 +197,37 @@ def test_explicit_answers_only_from_the_config_through_the_judge_stage_path():
     raw = json.loads(row["verifier_raw"])
     assert raw["answer1"] is None and raw["rule1"] == "none: no explicit final answer (explicit_answers_only)"
     assert (raw["answer2"], raw["rule2"]) == ("12", "answer_is")
+
+
+def test_references_from_a_users_prompt_file_in_math_and_gsm8k_forms(tmp_path):
+    """References as a user's file carries them (GSM8K's whole solution ending in '#### 72', MATH's
+    tuple, interval, letter, \\$ amount) travel from the prompt file through the generate rows to the
+    judge stage, in both modes."""
+    from datagen.config import PromptsConfig
+    from datagen.prompts import load_prompts
+
+    problems = {
+        "gsm": ("Natalia sold 48 clips in April and half as many in May. How many in all?",
+                "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nShe sold 48+24 = <<48+24=72>>72 clips.\n#### 72",
+                "48 + 24 = 72\n#### 72", "48 + 12 = 60\n#### 60"),
+        "point": ("Where do y = x - 5 and y = -2x + 1 meet?", r"\left( 2, -3 \right)",
+                  r"So the point is $\boxed{(2, -3)}$.", r"So the point is $\boxed{(2, 3)}$."),
+        "interval": ("Solve x^2 < 4.", "(-2, 2)", "The answer is $-2 < x < 2$.", "The answer is $x < 2$."),
+        "choice": ("Which graph rises? (A) ... (E)", r"\text{(C)}", "The answer is (C).", "The answer is (D)."),
+        "money": ("A pen costs $3. What do 6 pens cost?", r"\$18", "The answer is \\$18.", "The answer is \\$9."),
+    }
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(
+        json.dumps({"prompt_id": k, "prompt": q, "reference": ref, "task": "math"}) + "\n"
+        for k, (q, ref, _, _) in problems.items()
+    ))
+    prompts = load_prompts(PromptsConfig(path=str(path)))
+    c = Completion
+    script = {q: [(c(wrong, 9, "stop"), c(right, 9, "stop"))] for q, _, right, wrong in problems.values()}
+    rows = generate_rows(prompts, GenerateConfig(mode="two_attempt", n=1), ScriptedModel(script), model="s", seed=0)
+    table = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+    for settings in ({}, {"explicit_answers_only": True}):
+        judged, stats = JudgeWorker({"verifier": settings}).judge_table(table)
+        out = {r["prompt_id"]: (r["verifier_score1"], r["verifier_score2"]) for r in judged.to_pylist()}
+        assert out == dict.fromkeys(problems, (0.0, 1.0)), settings
+        assert stats["verifier"]["errors"] == 0

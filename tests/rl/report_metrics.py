@@ -1,7 +1,9 @@
-"""A metrics.json as the eval stage writes it (every optional section filled), for the report tests."""
+"""A metrics.json as the eval stage writes it (every optional section filled), and a reader of the
+report's Markdown tables, for the report tests."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -57,3 +59,17 @@ def sample_metrics() -> dict[str, Any]:
              "score": 0.6, "n": 200},
         ],
     }
+
+
+def md_tables(text: str) -> list[list[list[str]]]:
+    """Every Markdown table as rows of cells (header row first, the --- row left out)."""
+    tables, current = [], []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            if not all(set(c) <= {"-"} for c in cells):
+                current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables + ([current] if current else [])

@@ -367,3 +367,22 @@ def test_build_stage_takes_the_run_seed_for_the_negatives(tmp_path):
     assert plan.settings.seed == 7 and plan.fingerprint["build"]["seed"] == 7
     own = load_config(None, [f"run_dir={tmp_path}", "seed=7", "build.seed=3"])
     assert STAGES["build"].prepare(own).settings.seed == 3
+
+
+def test_pairs_and_exports_carry_the_prompt_images(tmp_path):
+    from rl.export import run_export
+
+    flip = {"attempt1": "wrong", "attempt2": "right", "verifier_score1": 0.0, "verifier_score2": 1.0}
+    rows = [row("a", 0, images=["ab12.png", "cd34.jpeg"], **flip), row("b", 0, **flip)]
+    out = StageDir(tmp_path / "build")
+    run_build(BuildConfig(), write_judged(tmp_path / "judge", rows), out, echo=False)
+    assert {p["prompt_id"]: p["images"] for p in out.read().to_pylist()} == {"a": ["ab12.png", "cd34.jpeg"], "b": []}
+    run_export(out, tmp_path / "export")
+    a, b = json.loads((tmp_path / "export" / "llamafactory_pairwise.json").read_text())
+    assert a["instruction"].startswith("<image><image>") and a["images"] == [
+        str(tmp_path / "images" / "ab12.png"),
+        str(tmp_path / "images" / "cd34.jpeg"),
+    ]
+    assert b["images"] == [] and not b["instruction"].startswith("<image>")
+    info = json.loads((tmp_path / "export" / "dataset_info.json").read_text())
+    assert info["selfcorrect_pairwise"]["columns"]["images"] == "images"

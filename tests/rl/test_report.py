@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from report_metrics import sample_metrics
+from report_metrics import md_tables, sample_metrics
 
 from cluster.cli import main
 from rl.report import before_after, read_train_log, write_report
@@ -32,20 +32,6 @@ def make_run(tmp_path: Path, metrics: dict | None = None, train_log: bool = True
         ]
         (run / "train" / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     return run
-
-
-def md_tables(text: str) -> list[list[list[str]]]:
-    """Every Markdown table as rows of cells (header row first, the --- row left out)."""
-    tables, current = [], []
-    for line in text.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-            if not all(set(c) <= {"-"} for c in cells):
-                current.append(cells)
-        elif current:
-            tables.append(current)
-            current = []
-    return tables + ([current] if current else [])
 
 
 class _Tables(HTMLParser):
@@ -235,3 +221,41 @@ def test_score_training_log_is_plotted_and_summarised():
     text = training_summary(log)
     assert "final reward_t2 0.2" in text and "final kl_t1 0.004" in text
     assert plot_training([{"step": 1, "learning_rate": 1e-4}]) is None  # nothing to draw
+
+
+def test_example_rows_show_the_pictures_and_each_models_attempts(tmp_path):
+    import io
+
+    from PIL import Image
+    from rl_rows import judged_row, judged_table
+
+    from datagen.images import ImageStore, from_bytes, store_location
+    from datagen.shards import StageDir
+
+    run = make_run(tmp_path)
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 300), "red").save(buf, format="PNG")
+    picture = from_bytes(buf.getvalue())
+    ImageStore(store_location(run)).put([picture])
+    labels = list(sample_metrics()["models"])
+    for k, label in enumerate(labels):
+        rows = [
+            judged_row(f"q{i}", 0, messages=[{"role": "user", "content": f"What colour? #{i}"}], reference="red",
+                       images=[picture.image_id] if i == 0 else [], attempt1=f"blue {label}", attempt2=f"red {label}",
+                       verifier_score1=0.0, verifier_score2=float(k % 2))
+            for i in range(5)
+        ]  # fmt: skip
+        stage = StageDir(run / "eval" / label / "judge")
+        stage.start({"stage": "judge"})
+        stage.write_shard(0, judged_table(rows))
+        stage.mark_done({"rows": 5})
+    write_report(run)
+    md = (run / "report" / "report.md").read_text()
+    examples = md[md.index("## Examples") :]
+    assert examples.count("### q") == 3 and "What colour? #0" in examples and "#3" not in examples
+    name = f"example-{picture.image_id[:16]}.png"
+    assert f"![the problem's image]({name})" in examples
+    assert Image.open(run / "report" / name).size == (192, 144)  # a thumbnail beside the report
+    assert f"| {labels[0]} | blue {labels[0]} | wrong | red {labels[0]} | wrong |" in examples
+    html = (run / "report" / "report.html").read_text()
+    assert base64.b64encode((run / "report" / name).read_bytes()).decode() in html

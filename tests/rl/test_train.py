@@ -232,13 +232,18 @@ def test_ray_first_step_equals_standalone_trl(ray_run, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from rl.train import _load_dataset
+    from rl.train import _load_dataset, train_dtype
 
     tmp, build, train, summary = ray_run
     assert summary["steps"] == 2
+    # The same dtype as the Ray worker chose (auto: bfloat16 on a CPU with AMX/AVX512-BF16): a LoRA base
+    # stored in it, and autocast.
+    dtype = train_dtype(train, use_cpu=True)
+    assert summary["dtype"] == str(dtype)
+    bf16 = dtype.name == "bfloat16"
     ray_log = json.loads((tmp / "train" / "log_history.json").read_text())
     trl = DPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=getattr(torch, dtype.name)),
         args=DPOConfig(
             output_dir=str(tmp / "plain"),
             per_device_train_batch_size=4,
@@ -247,7 +252,7 @@ def test_ray_first_step_equals_standalone_trl(ray_run, tiny_model_dir):
             beta=0.1,
             loss_type=["sigmoid", "sft"],
             loss_weights=[0.9, 0.1],  # ms-swift's sft_beta 0.1: 0.9 * DPO + 0.1 * SFT
-            bf16=False,
+            bf16=bf16,
             use_cpu=True,
             gradient_checkpointing=False,
             logging_steps=1,
@@ -356,7 +361,8 @@ def test_first_step_loss_is_the_sft_beta_mix_of_rl_losses(tmp_path, tiny_model_d
     from rl.losses import dpo_sft_loss, token_logps
 
     build = _build(tmp_path, toy_scl_rows(1))
-    train = TrainConfig(batch_size=1, max_steps=1, lr=1e-6, sft_beta=0.5, log_every=1)
+    # float32: the formula is the point, and the reference below is computed in float32
+    train = TrainConfig(batch_size=1, max_steps=1, lr=1e-6, sft_beta=0.5, log_every=1, precision="fp32")
     trainer, _ = build_trainer(_loop_cfg(tiny_model_dir, build, train), str(tmp_path / "hf"), use_cpu=True)
     trainer.train()
     logged = trainer.state.log_history[0]["loss"]
