@@ -34,13 +34,13 @@ def main() -> None:
     common = [sys.executable, "-m", "cluster.cli"]
     tail = ["ray.include_dashboard=false", *args.overrides]
     gen_dir, eval_dir = args.out / "generate-run", args.out / "eval-run"
-    prompts = ["prompts.split=test", f"prompts.size={n}", "prompts.limit=null", "prompts.max_operand=9"]
+    prompts = ["prompts.split=test", f"prompts.size={n}", "prompts.limit=null"]
     decoding = ["generate.mode=two_attempt", "generate.n=1", "generate.temperature=0"]
     runs = {
         "generate": [*common, "generate", "configs/quickstart.yaml", f"run_dir={gen_dir}", *prompts, *decoding, *tail],
         "eval": [
             *common, "eval", "configs/quickstart.yaml", f"run_dir={eval_dir}", "eval.models={base: null}",
-            f"eval.prompts.size={n}", "eval.prompts.max_operand=9", *tail,
+            f"eval.prompts.size={n}", *tail,
         ],  # fmt: skip
     }
     results = {}

@@ -48,7 +48,7 @@ def stage_args(run_dir: Path, model: Path, prompts: int, n: int, max_tokens: int
         f"model={model}",
         "prompts.builtin=pictures",
         f"prompts.size={prompts}",
-        f"prompts.limit={prompts}",  # the quickstart's limit of 16 must not cap the 10x run
+        f"prompts.limit={prompts}",  # the quickstart's prompts.limit must not cap the 10x run
         "generate.mode=single",
         f"generate.n={n}",
         f"generate.max_tokens={max_tokens}",

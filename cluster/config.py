@@ -13,10 +13,11 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from datagen.arithmetic import LEVELS
 from datagen.config import GenerateConfig, JudgePoolConfig, PromptsConfig, Strict
 from datagen.storage import Location, as_location, is_uri
 from judges.config import JudgesConfig, default_judges
-from rl.config import BuildConfig, EvalConfig, TrainConfig
+from rl.config import PASS_RATES_FILE, BuildConfig, CalibrateConfig, EvalConfig, TrainConfig
 
 
 class ConfigError(ValueError):
@@ -45,6 +46,7 @@ class Config(Strict):
     build: BuildConfig = BuildConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    calibrate: CalibrateConfig = CalibrateConfig()
 
     @field_validator("run_dir", "model_cache")
     @classmethod
@@ -71,6 +73,25 @@ class Config(Strict):
             from rl.builders import selfee_threshold
 
             selfee_threshold(self.build, self.judges)
+        return self
+
+    @model_validator(mode="after")
+    def _prompts_of_the_run(self) -> Config:
+        held_out = self.eval.prompts
+        if self.prompts.builtin == "arithmetic" and held_out.builtin == "arithmetic" and "level" not in (
+            held_out.model_fields_set
+        ):
+            # evaluated on the level it is trained on
+            if "max_operand" in held_out.model_fields_set and not LEVELS[self.prompts.level].word:
+                raise ValueError(
+                    f"eval.prompts.max_operand applies to the word levels; eval.prompts.level follows prompts.level "
+                    f"({self.prompts.level}), which has fixed digits"
+                )
+            object.__setattr__(held_out, "level", self.prompts.level)
+        rates = self.prompts.pass_rate
+        if rates is not None and rates.file is None:
+            where = as_location(self.run_dir) / "calibrate" / PASS_RATES_FILE
+            object.__setattr__(rates, "file", str(where))
         return self
 
     def stage_dir(self, stage: str) -> Location:

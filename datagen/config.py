@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from datagen.arithmetic import DEFAULT_LEVEL, LEVELS
 from datagen.modes import MODES
 
 # The two self-correction instructions of the papers this project reproduces.
@@ -39,15 +40,46 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class PassRateConfig(Strict):
+    """Keep the prompts whose measured pass rate p has ``above < p < below`` (``selfcorrect calibrate``
+    writes p per prompt). A prompt whose samples all get the same verdict carries no signal: its
+    RLOO advantages are 0 and it gives no preference pair (DAPO's dynamic sampling, Yu et al. 2025)."""
+
+    file: str | None = Field(
+        None, description="JSONL with prompt_id and pass_rate per line (default: RUN_DIR/calibrate/pass_rates.jsonl)"
+    )
+    above: float | None = Field(0.0, ge=0, lt=1, description="keep p > above (null: no lower bound)")
+    below: float | None = Field(1.0, gt=0, le=1, description="keep p < below (null: no upper bound)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PassRateConfig:
+        if self.above is not None and self.below is not None and self.above >= self.below:
+            raise ValueError("above must be < below: no pass rate lies between them")
+        return self
+
+    def keeps(self, rate: float) -> bool:
+        return (self.above is None or rate > self.above) and (self.below is None or rate < self.below)
+
+
 class PromptsConfig(Strict):
     path: str | None = Field(None, description="JSONL or Parquet file, a folder of them, or a saved HF dataset")
     builtin: Literal["arithmetic", "humaneval", "pictures"] | None = Field(
         "arithmetic", description="a built-in task set, used when no path is given"
     )
+    level: str = Field(
+        DEFAULT_LEVEL, description=f"arithmetic: the difficulty level ({', '.join(LEVELS)}; datagen/arithmetic.py)"
+    )
     split: Literal["train", "test"] = "train"
-    limit: int | None = Field(None, ge=1, description="use only the first N prompts")
-    size: int = Field(1000, ge=1, description="arithmetic: number of problems per split")
-    max_operand: int = Field(99, ge=5, description="arithmetic: largest number in a problem (smaller is easier)")
+    limit: int | None = Field(None, ge=1, description="use only the first N prompts (with pass_rate: N kept ones)")
+    size: int = Field(
+        1000, ge=1, description="arithmetic: problems per split (unset: at most this many; a small level has fewer)"
+    )
+    max_operand: int = Field(
+        99, ge=5, description="arithmetic word levels: largest number in a problem (smaller is easier)"
+    )
+    pass_rate: PassRateConfig | None = Field(
+        None, description="keep only prompts with a measured pass rate in bounds (prompts with signal)"
+    )
     id_field: str = "prompt_id"
     prompt_field: str = "prompt"
     reference_field: str = "reference"
@@ -57,6 +89,13 @@ class PromptsConfig(Strict):
     )
     task: Literal["math", "code", "open"] = Field("open", description="task type for rows that name none")
 
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        if level not in LEVELS:
+            raise ValueError(f"unknown level {level!r}; known: {', '.join(LEVELS)}")
+        return level
+
     @model_validator(mode="after")
     def _one_source(self) -> PromptsConfig:
         if self.path is not None:
@@ -65,6 +104,10 @@ class PromptsConfig(Strict):
             object.__setattr__(self, "builtin", None)
         elif self.builtin is None:
             raise ValueError("set prompts.path or prompts.builtin")
+        # level, size and max_operand are the arithmetic's settings and other sources leave them be, so a
+        # config written for a level still runs on a prompt file or the pictures (quickstart.yaml prompts.path=...)
+        if self.builtin == "arithmetic" and "max_operand" in self.model_fields_set and not LEVELS[self.level].word:
+            raise ValueError(f"max_operand applies to the word levels; level {self.level} has fixed digits")
         return self
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ class GeneratePlan:
     seed: int
     cfg: GenerateConfig
     fingerprint: dict[str, Any]
+    selection: dict[str, int] | None = None  # prompts.pass_rate: kept, and left out by reason
 
     def shards(self) -> list[list[Prompt]]:
         size = self.cfg.shard_size
@@ -85,8 +87,19 @@ def check_lengths(prompts: list[Prompt], model_path: str, cfg: GenerateConfig) -
 def plan_generate(
     prompts_cfg: PromptsConfig, cfg: GenerateConfig, model: str, model_cache: str, seed: int
 ) -> GeneratePlan:
+    selection: Counter = Counter()
+    prompts = load_prompts(prompts_cfg, selection)
+    plan = plan_generate_prompts(prompts, prompts_cfg.model_dump(), cfg, model, model_cache, seed)
+    if prompts_cfg.pass_rate is not None:  # prompts left out for want of signal, counted in the summary
+        plan.selection = dict(sorted(selection.items()))
+    return plan
+
+
+def plan_generate_prompts(
+    prompts: list[Prompt], source: dict[str, Any], cfg: GenerateConfig, model: str, model_cache: str, seed: int
+) -> GeneratePlan:
+    """The plan for prompts already loaded; ``source`` says where they came from (for the fingerprint)."""
     model_path = resolve_model(model, model_cache)
-    prompts = load_prompts(prompts_cfg)
     check_image_prompts(prompts, model, model_path)
     if cfg.teacher is not None and any(p.images for p in prompts):
         raise PromptError("generate.teacher does not take prompts with images; run SelFee on text prompts")
@@ -97,7 +110,7 @@ def plan_generate(
     fingerprint = {
         "model": model,
         "seed": seed,
-        "prompts": prompts_cfg.model_dump(),
+        "prompts": source,
         "prompt_ids_sha256": ids,
         "generate": gen,
         "dtype": cfg.engine.dtype,
@@ -191,6 +204,8 @@ def run_generate(
         # Ray Data planning, actor start, imports and engine start: until the first engine was ready
         "startup_seconds": min((m["stats"]["worker_ready_at"] for m in manifest), default=started_at) - started_at,
     }
+    if plan.selection is not None:
+        summary["prompt_selection"] = plan.selection
     if image_count or any(p.images for p in plan.prompts):
         summary["images_stored_this_run"] = image_count
     if plan.cfg.teacher is not None:

@@ -7,16 +7,16 @@ with its file and line (or row) named and nothing written.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import json
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from datagen.config import PromptsConfig
+from datagen.arithmetic import LEVELS, prompt_id, split_of
+from datagen.config import PassRateConfig, PromptsConfig
 from datagen.images import ImageError, read_images
 from datagen.records import CODE_ENTRY_POINT, CODE_PROMPT, CODE_TEST, TASKS, Prompt, validate_messages
 
@@ -161,75 +161,37 @@ def _read_path(cfg: PromptsConfig) -> Iterator[Prompt]:
 
 # --- built-in task sets --------------------------------------------------------------------------
 
-_NAMES = ["Ava", "Ben", "Chen", "Dara", "Eli", "Farah", "Goran", "Hana", "Ivo", "Jun", "Kemi", "Lior"]
-_ITEMS = ["apples", "marbles", "stickers", "pencils", "coins", "cards", "shells", "books"]
-
-
-def _arithmetic_problem(rng: random.Random, top: int = 99) -> tuple[str, str]:
-    """One word problem and its exact answer (an integer, or a reduced fraction)."""
-    name, other = rng.sample(_NAMES, 2)
-    item = rng.choice(_ITEMS)
-    kind = rng.randrange(5)
-    a, b, c = rng.randint(2, top), rng.randint(2, top), rng.randint(2, min(12, top))
-    if kind == 0:
-        text = f"{name} has {a} {item} and {other} gives {name} {b} more. How many {item} does {name} have now?"
-        answer: Fraction | int = a + b
-    elif kind == 1:
-        a, b = max(a, b), min(a, b)
-        text = f"{name} had {a} {item} and gave {b} to {other}. How many {item} does {name} have left?"
-        answer = a - b
-    elif kind == 2:
-        text = f"{name} buys {c} boxes with {a} {item} in each box. How many {item} does {name} buy?"
-        answer = a * c
-    elif kind == 3:
-        total = a * c
-        text = f"{name} shares {total} {item} equally among {c} friends. How many {item} does each friend get?"
-        answer = a
-    else:
-        text = (
-            f"{name} pours {a} litres of juice and {c} bottles of {b} litres each into a tank, then "
-            f"drinks {c} litres. The rest is shared equally between two jugs. How many litres are in each jug?"
-        )
-        answer = Fraction(a + c * b - c, 2)
-    if isinstance(answer, Fraction):
-        answer = answer.numerator if answer.denominator == 1 else answer
-    return text, str(answer)
-
-
-def _split_of(text: str) -> str:
-    # A problem's split depends on its text alone, so train and test never share a problem.
-    return "test" if hashlib.sha256(text.encode()).digest()[0] < 51 else "train"  # ~20% test
-
-
 @builtin("arithmetic")
 def arithmetic(cfg: PromptsConfig, seed: int = 1234) -> Iterator[Prompt]:
-    rng = random.Random(seed)
+    """The first ``cfg.size`` problems of ``cfg.level``'s ``cfg.split`` (``datagen.arithmetic``)."""
+    level = LEVELS[cfg.level]
     seen: set[str] = set()
     count = 0
     tries = 0
-    while count < cfg.size:
+    for problem in level.problems(random.Random(seed), cfg.max_operand):
         tries += 1
-        if tries > 100 * cfg.size:
-            raise PromptError(
-                f"builtin arithmetic: only {count} distinct {cfg.split} problems with "
-                f"prompts.max_operand={cfg.max_operand}; lower prompts.size or raise max_operand"
-            )
-        text, answer = _arithmetic_problem(rng, cfg.max_operand)
-        if text in seen or _split_of(text) != cfg.split:
+        if count >= cfg.size or tries > 100 * cfg.size:
+            break
+        if problem.question in seen or split_of(problem.key, level.test_share) != cfg.split:
             continue
-        seen.add(text)
-        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-        prompt = (
-            f"{text}\nSolve it step by step, then give the final answer as \"The answer is N.\""
-        )
+        seen.add(problem.question)
         yield Prompt(
-            prompt_id=f"arith-{cfg.split}-{digest}",
-            messages=[{"role": "user", "content": prompt}],
-            reference=answer,
+            prompt_id=prompt_id(cfg.level, cfg.split, problem.question),
+            messages=[{"role": "user", "content": f"{problem.question}\n{level.instruction}"}],
+            reference=problem.answer,
             task="math",
-            metadata={"question": text},
+            metadata={"question": problem.question, "level": cfg.level},
         )
         count += 1
+    else:  # a finite level ran out: fine when size is the default, which asks for "as many as there are"
+        if "size" not in cfg.model_fields_set:
+            return
+    if count < cfg.size:
+        bound = f" with prompts.max_operand={cfg.max_operand}; raise it or" if level.word else ";"
+        raise PromptError(
+            f"builtin arithmetic: only {count} distinct {cfg.split} problems at prompts.level={cfg.level}"
+            f"{bound} lower prompts.size"
+        )
 
 
 @builtin("humaneval")
@@ -259,8 +221,40 @@ def humaneval(cfg: PromptsConfig) -> Iterator[Prompt]:
 # --- entry point ---------------------------------------------------------------------------------
 
 
-def load_prompts(cfg: PromptsConfig) -> list[Prompt]:
+def read_pass_rates(cfg: PassRateConfig) -> dict[str, float]:
+    """prompt_id -> measured pass rate, from the JSONL file ``selfcorrect calibrate`` writes."""
+    from datagen import storage
+
+    if cfg.file is None:
+        raise PromptError("prompts.pass_rate.file is not set")
+    where = storage.as_location(cfg.file)
+    if not storage.exists(where):
+        raise PromptError(
+            f"{cfg.file}: no such file (prompts.pass_rate.file); `selfcorrect calibrate CONFIG` measures the "
+            "pass rates and writes it"
+        )
+    rates: dict[str, float] = {}
+    for lineno, line in enumerate(storage.read_bytes(where).decode().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            rate = float(raw["pass_rate"])
+            rates[str(raw["prompt_id"])] = rate
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise PromptError(f"{cfg.file}:{lineno}: expected JSON with prompt_id and pass_rate ({e})") from None
+        if not 0 <= rate <= 1:
+            raise PromptError(f"{cfg.file}:{lineno}: pass_rate {rate} is outside [0, 1]")
+    return rates
+
+
+def load_prompts(cfg: PromptsConfig, selection: Counter | None = None) -> list[Prompt]:
     """Read every prompt of the configured source, checked, in source order, up to ``limit``.
+
+    With ``pass_rate``, only prompts whose measured pass rate lies in its bounds are kept, and
+    ``limit`` counts kept prompts: the source is read on until that many are found (or refused,
+    naming how many were measured). ``selection`` (when given) counts what was kept and why the
+    rest was left out: ``kept``, ``too_hard`` (p <= above), ``too_easy`` (p >= below), ``unmeasured``.
 
     Raises ``PromptError`` naming the file and line (or row) of the first bad prompt, or the
     second occurrence of a ``prompt_id``.
@@ -271,18 +265,41 @@ def load_prompts(cfg: PromptsConfig) -> list[Prompt]:
     else:
         source = _read_path(cfg)
         origin = str(cfg.path)
+    rates = read_pass_rates(cfg.pass_rate) if cfg.pass_rate is not None else None
+    counts = selection if selection is not None else Counter()
     prompts: list[Prompt] = []
     seen: set[str] = set()
     for p in source:
         if p.prompt_id in seen:
             raise PromptError(f"{origin}: prompt_id {p.prompt_id!r} appears twice")
         seen.add(p.prompt_id)
+        if rates is not None and cfg.pass_rate is not None:
+            rate = rates.get(p.prompt_id)
+            if rate is None or not cfg.pass_rate.keeps(rate):
+                reason = "unmeasured" if rate is None else "too_easy" if cfg.pass_rate.above is None or \
+                    rate > cfg.pass_rate.above else "too_hard"
+                counts[reason] += 1
+                continue
+        counts["kept"] += 1
         prompts.append(p)
         if cfg.limit is not None and len(prompts) >= cfg.limit:
             break
+    if rates is not None and cfg.pass_rate is not None and (not prompts or len(prompts) < (cfg.limit or 0)):
+        raise PromptError(
+            f"prompts.pass_rate: {len(prompts)} of the {len(rates)} prompts measured in {cfg.pass_rate.file} have "
+            f"{_bounds(cfg.pass_rate)}"
+            + (f"; prompts.limit asks for {cfg.limit}" if cfg.limit else "")
+            + ": measure more (selfcorrect calibrate CONFIG calibrate.size=N) or widen the bounds"
+        )
     if not prompts:
         raise PromptError(f"{origin}: no prompts")
     return prompts
+
+
+def _bounds(cfg: PassRateConfig) -> str:
+    low = f"{cfg.above:g} < " if cfg.above is not None else ""
+    high = f" < {cfg.below:g}" if cfg.below is not None else ""
+    return f"{low}pass rate{high}"
 
 
 # The built-in picture questions register themselves; they import this module, so they come last.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from datagen.config import GenerateConfig
 from datagen.registry import Registry
 from datagen.storage import Location
 from rl.config import TrainConfig, TrainInputs
@@ -40,6 +41,11 @@ class TrainAlgorithm:
     def review_prompt(self, train: TrainConfig) -> str | None:
         """The review prompt the eval asks its model with (None: the config's ``generate.review_prompt``)."""
         return None
+
+    def sampling(self, train: TrainConfig, generate: GenerateConfig) -> GenerateConfig:
+        """How the model is sampled for training: ``generate`` for the offline data; an on-policy algorithm's
+        own instruction, temperature and length (what ``selfcorrect calibrate`` measures the model under)."""
+        return generate
 
 
 class TRL(TrainAlgorithm):
@@ -77,6 +83,11 @@ class SCoRe(TrainAlgorithm):
 
     def review_prompt(self, train: TrainConfig) -> str | None:
         return train.score.review_prompt  # evaluated with the instruction it was trained to answer
+
+    def sampling(self, train: TrainConfig, generate: GenerateConfig) -> GenerateConfig:
+        s = train.score
+        update = {"review_prompt": s.review_prompt, "temperature": s.temperature}
+        return generate.model_copy(update={**update, "max_tokens": s.max_tokens or generate.max_tokens})
 
 
 def _instance(spec: str, obj: Any) -> TrainAlgorithm:

@@ -30,13 +30,19 @@ def read_rows(judge_dir: StageDir) -> list[dict[str, Any]]:
     return rows
 
 
-def summarize(result: BuildResult, builder: str, rows_in: int, seconds: float) -> dict[str, Any]:
+def summarize(result: BuildResult, builder: str, rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    prompts_in = len({r["prompt_id"] for r in rows})
+    prompts_out = len({e["prompt_id"] for e in result.examples})
     return {
         "builder": builder,
         "kind": result.kind,
-        "rows_in": rows_in,
+        "rows_in": len(rows),
         "pairs_out": len(result.examples),
-        "prompts_out": len({e["prompt_id"] for e in result.examples}),
+        "prompts_in": prompts_in,
+        "prompts_out": prompts_out,
+        # prompts whose samples gave nothing to learn from (no flip, all verdicts alike): compute spent
+        # without signal, which prompts.pass_rate avoids next time
+        "prompts_without_examples": prompts_in - prompts_out,
         "dropped": dict(sorted(result.dropped.items())),
         "notes": dict(sorted(result.notes.items())),
         "seconds": round(seconds, 3),
@@ -46,7 +52,7 @@ def summarize(result: BuildResult, builder: str, rows_in: int, seconds: float) -
 def format_report(summary: dict[str, Any]) -> str:
     noun = "pairs" if summary["kind"] == "pairs" else "examples"
     head = f"build {summary['builder']}: {summary['rows_in']} rows in, {summary['pairs_out']} {noun} out"
-    lines = [f"{head} ({summary['prompts_out']} prompts)"]
+    lines = [f"{head} ({summary['prompts_out']} of {summary['prompts_in']} prompts)"]
     lines += [f"  dropped {reason}: {n}" for reason, n in summary["dropped"].items() if n]
     lines += [f"  note {reason}: {n}" for reason, n in summary["notes"].items() if n]
     return "\n".join(lines)
@@ -78,7 +84,7 @@ def run_build(
     table = result.table()
     for i, offset in enumerate(range(0, max(table.num_rows, 1), cfg.shard_size)):
         out.write_shard(i, table.slice(offset, cfg.shard_size) if table.num_rows else table)
-    summary = summarize(result, cfg.builder, len(rows), time.perf_counter() - start)
+    summary = summarize(result, cfg.builder, rows, time.perf_counter() - start)
     out.mark_done(summary)
     if echo:
         print(format_report(summary))

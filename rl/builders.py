@@ -133,12 +133,24 @@ def _need(rows: list[Row], judge: str, suffixes: tuple[str, ...], builder: str) 
 # --- SCL: correctness flips between attempts ---------------------------------------------------
 
 
+def review_turn(row: Row) -> list[dict[str, str]]:
+    """The conversation up to the review instruction: question, attempt 1, review prompt."""
+    return [dict(m) for m in row["messages"]] + [
+        {"role": "assistant", "content": row["attempt1"]},
+        {"role": "user", "content": row["review_prompt"]},
+    ]
+
+
 @BUILDERS.register("scl")
 def build_scl(rows: list[Row], cfg: BuildConfig) -> BuildResult:
     """Keep samples whose verifier verdict flips between attempt 1 and attempt 2.
 
-    The correct attempt is ``chosen`` and the wrong one ``rejected`` (SCL, He et al. 2024), both as
-    answers to the original prompt.
+    The correct attempt is ``chosen`` and the wrong one ``rejected`` (SCL, He et al. 2024). With
+    ``scl_prompt: question`` both answer the original prompt, as the seed stores its pairs
+    (github.com/ivy3h/SCL, data_construction.py). With ``review`` they answer the review turn
+    (question, attempt 1, review prompt): a right→wrong flip teaches to keep a right answer when asked
+    to review it, wrong→right to replace a wrong one, so the pair trains the turn the second attempt is
+    made in. ``both`` gives each flip as both pairs.
     """
     judge = cfg.judge or "verifier"
     _need(rows, judge, ("score1", "score2", "error"), "scl")
@@ -155,8 +167,55 @@ def build_scl(rows: list[Row], cfg: BuildConfig) -> BuildResult:
             out.dropped["both_correct" if s1 >= 0.5 else "both_wrong"] += 1
         else:
             good, bad = ("attempt1", "attempt2") if s1 >= 0.5 else ("attempt2", "attempt1")
+            out.notes["right_to_wrong" if s1 >= 0.5 else "wrong_to_right"] += 1
             pid = f"{row['prompt_id']}:{row['sample_idx']}"
-            out.examples.append(_pair(row, pid, row[good], row[bad], good, bad))
+            if cfg.scl_prompt in ("question", "both"):
+                out.examples.append(_pair(row, pid, row[good], row[bad], good, bad))
+            if cfg.scl_prompt in ("review", "both"):
+                pair = _pair(row, f"{pid}:review", row[good], row[bad], good, bad)
+                pair["prompt"] = review_turn(row)
+                out.examples.append(pair)
+    return out
+
+
+# --- STaR: SFT on the model's own successful corrections ----------------------------------------
+
+
+@BUILDERS.register("star")
+def build_star(rows: list[Row], cfg: BuildConfig) -> BuildResult:
+    """SFT examples of the model's own successful second attempts (STaR, Zelikman et al. 2022, as the
+    self-correction baseline of SCoRe, Kumar et al. 2024, Section 4).
+
+    A sample whose attempt 1 is wrong and attempt 2 right becomes the conversation question, attempt 1,
+    review prompt, attempt 2; SFT learns attempt 2 alone (the turns before it are the prompt). With
+    ``star_correct_to_correct`` right→right samples are kept too (SCoRe's D+_STaR), which teaches the
+    model to leave a right answer as it is — and, SCoRe finds, to leave attempt 1 unchanged in general.
+    """
+    judge = cfg.judge or "verifier"
+    _need(rows, judge, ("score1", "score2", "error"), "star")
+    out = BuildResult("sft", [])
+    for row in rows:
+        s1, s2 = row.get(f"{judge}_score1"), row.get(f"{judge}_score2")
+        if not row.get("attempt2"):
+            out.dropped["no_attempt2"] += 1
+        elif _error(row, judge):
+            out.dropped["judge_error"] += 1
+        elif s1 is None or s2 is None:
+            out.dropped["not_scored"] += 1
+        elif s2 < 0.5:
+            out.dropped["attempt2_wrong"] += 1
+        elif s1 >= 0.5 and not cfg.star_correct_to_correct:
+            out.dropped["both_correct"] += 1
+        else:
+            out.notes["right_to_right" if s1 >= 0.5 else "wrong_to_right"] += 1
+            out.examples.append(
+                {
+                    "pair_id": f"{row['prompt_id']}:{row['sample_idx']}",
+                    "prompt_id": row["prompt_id"],
+                    "group": row["prompt_id"],
+                    "messages": review_turn(row) + _assistant(row["attempt2"]),
+                }
+            )
     return out
 
 

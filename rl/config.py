@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from datagen.arithmetic import LEVELS
 from datagen.config import GenerateConfig, PromptsConfig, Strict
 from datagen.shards import StageDir
 from judges.config import JudgesConfig, JudgeSettings
@@ -19,17 +20,25 @@ class BuildConfig(Strict):
 
     builder: str = Field(
         "scl",
-        description="scl, self_contrast, sima, selfee, best_vs_worst, or 'package.module:Name' for your own",
+        description="scl, star, self_contrast, sima, selfee, best_vs_worst, or 'package.module:Name' for your own",
     )
     judge: str | None = Field(
         None,
-        description="the judge whose columns the builder reads (default: verifier for scl, embedding for "
+        description="the judge whose columns the builder reads (default: verifier for scl and star, embedding for "
         "self_contrast, self_critic for sima, reward_model for best_vs_worst; selfee reads none)",
     )
     min_score: float | None = Field(
         None,
         description="selfee: keep chains whose final answer the judge scores at least this, in the judge's own "
         "units (default: the pass mark its class declares: verifier 1 of 0/1, openai 8 of 1-10; others must set it)",
+    )
+    scl_prompt: Literal["question", "review", "both"] = Field(
+        "question",
+        description="scl: what a pair answers: the question (as the SCL seed), the review turn (question, "
+        "attempt 1, review prompt), or both (two pairs per flip)",
+    )
+    star_correct_to_correct: bool = Field(
+        False, description="star: also SFT on right->right samples (SCoRe's D+ STaR), not only wrong->right"
     )
     negatives: Literal[1, 2, 4, 8, 16] = Field(4, description="self_contrast: negatives k per prompt")
     drop_similar_fraction: float = Field(
@@ -306,10 +315,49 @@ BUILTIN_LABELS = ("base", "trained")
 
 
 class EvalPromptsConfig(PromptsConfig):
-    """The eval set: the built-in arithmetic ``test`` split by default, which shares no problem with ``train``."""
+    """The eval set: the built-in arithmetic ``test`` split by default, which shares no problem with ``train``;
+    its level is the training prompts' (``prompts.level``) unless it names its own."""
 
     split: Literal["train", "test"] = "test"
     size: int = Field(200, ge=1, description="arithmetic: number of problems per split")
+
+    @model_validator(mode="after")
+    def _every_problem(self) -> EvalPromptsConfig:
+        if self.pass_rate is not None:
+            raise ValueError("pass_rate: the eval measures every held-out problem, not those a model found hard")
+        return self
+
+
+PASS_RATES_FILE = "pass_rates.jsonl"  # under RUN_DIR/calibrate/: one line per prompt measured
+
+
+class CalibrateConfig(Strict):
+    """``selfcorrect calibrate``: where a model stands on the task ladder, before any training.
+
+    Per level, on the first ``size`` problems of the *train* split (the prompts a run would train on;
+    the test split stays unseen until the eval): pass@1 greedy and, under the review prompt, Acc@t2,
+    Δ, Δi→c, Δc→i; pass@k at the sampling temperature from ``n`` samples; and each prompt's pass rate
+    (RUN_DIR/calibrate/pass_rates.jsonl), which ``prompts.pass_rate`` filters on.
+    """
+
+    levels: list[str] | None = Field(
+        None, description="arithmetic levels to measure (default: every level; a prompt file is measured as is)"
+    )
+    size: int = Field(100, ge=1, description="problems per level: the first of the train split")
+    n: int = Field(8, ge=1, description="samples per problem at the sampling temperature (pass@k, pass rates)")
+    pass_k: list[int] = Field([1, 8], description="the k of pass@k (each k <= n is reported)")
+    temperature: float | None = Field(None, ge=0, description="of the samples (default: generate.temperature)")
+    max_tokens: int | None = Field(None, ge=1, description="new tokens per attempt (default: generate.max_tokens)")
+    review_prompt: str | None = Field(None, description="'scl', 'score' or your text (default: generate.review_prompt)")
+
+    @field_validator("levels")
+    @classmethod
+    def _known(cls, levels: list[str] | None) -> list[str] | None:
+        if levels is not None:
+            unknown = [x for x in levels if x not in LEVELS]
+            if unknown or not levels:
+                raise ValueError(f"unknown level(s) {unknown}; known: {', '.join(LEVELS)}")
+        return levels
 
 
 class EvalConfig(Strict):

@@ -191,6 +191,33 @@ def _selfee_generate(cfg: EvalConfig, inherited: dict[str, Any], max_tokens: int
         raise EvalInputError(f"eval.selfee_generate: {problems}") from None
 
 
+def measuring_generate(
+    generate: GenerateConfig,
+    *,
+    n: int,
+    temperature: float,
+    max_tokens: int | None = None,
+    review_prompt: str | None = None,
+    mode: str = "two_attempt",
+) -> GenerateConfig:
+    """The generate settings of a measurement (the eval, a calibration) from the config's own.
+
+    A measurement decodes its own way; of the config's generate settings it keeps only where and how
+    the engine runs and the prompt framing (a SelFee teacher, revisions or sampling would change what
+    is measured), and the config's max_tokens and review prompt unless it names its own.
+    """
+    return GenerateConfig.model_validate(
+        {
+            **generate.model_dump(include=INHERITED_GENERATE),
+            "mode": mode,
+            "n": n,
+            "temperature": temperature,
+            "max_tokens": max_tokens or generate.max_tokens,
+            "review_prompt": review_prompt or generate.review_prompt,
+        }
+    )
+
+
 def plan_eval(
     cfg: EvalConfig,
     *,
@@ -215,20 +242,14 @@ def plan_eval(
     if getattr(use_judges[judge], "mode", None) == "pairwise":
         raise EvalInputError(f"eval.judge: {judge!r} is pairwise; right/wrong needs a judge that scores each attempt")
     check_overlap(cfg.prompts, train_prompts)
-    # The eval decodes its own way; of the config's generate settings it keeps only where and how the
-    # engine runs and the prompt framing (a SelFee teacher, revisions or sampling would change what
-    # is measured).
-    inherited = generate.model_dump(include=INHERITED_GENERATE)
-    gen = GenerateConfig.model_validate(
-        {
-            **inherited,
-            "mode": "two_attempt",
-            "n": cfg.n,
-            "temperature": cfg.temperature,
-            "max_tokens": cfg.max_tokens or generate.max_tokens,
-            "review_prompt": cfg.review_prompt or generate.review_prompt,
-        }
+    gen = measuring_generate(
+        generate,
+        n=cfg.n,
+        temperature=cfg.temperature,
+        max_tokens=cfg.max_tokens,
+        review_prompt=cfg.review_prompt,
     )
+    inherited = generate.model_dump(include=INHERITED_GENERATE)
     selfee = _selfee_generate(cfg, inherited, gen.max_tokens) if cfg.selfee_revisions else None
     runs = []
     for label, name in labels:

@@ -1,16 +1,18 @@
 """The stages of a run, by name, in the order ``selfcorrect run`` takes them.
 
 Each stage is one ``Stage`` (``cluster.stages.base``) that carries all of itself: its checks and plan,
-its run, what it needs of the cluster, how its progress is read and the line it prints. The offline
-data stages are in ``data``, the train stage in ``train``, the eval and the report in ``evaluate``.
+its run, what it needs of the cluster, how its progress is read and the line it prints. The measurement
+before training is in ``calibrate`` (run by name only), the offline data stages in ``data``, the train
+stage in ``train``, the eval and the report in ``evaluate``.
 """
 
 from cluster.stages.base import STAGES, Plan, Stage, check_run_dir, register
+from cluster.stages.calibrate import CALIBRATE
 from cluster.stages.data import BUILD, EXPORT, GENERATE, JUDGE
 from cluster.stages.evaluate import EVAL, REPORT
 from cluster.stages.train import TRAIN
 
-for _stage in (GENERATE, JUDGE, BUILD, EXPORT, TRAIN, EVAL, REPORT):
+for _stage in (CALIBRATE, GENERATE, JUDGE, BUILD, EXPORT, TRAIN, EVAL, REPORT):
     register(_stage)
 
 __all__ = ["STAGES", "Plan", "Stage", "check_run_dir", "register"]

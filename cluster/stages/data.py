@@ -53,8 +53,10 @@ def _generate_summary(s: dict[str, Any]) -> str:
     rate = s.get("tokens_per_s_this_run")
     speed = f" ({rate:.0f} tokens/s)" if rate else ""
     dtype = f", {s['dtype']}" if s.get("dtype") else ""
+    left_out = ", ".join(f"{k} {v}" for k, v in (s.get("prompt_selection") or {}).items() if k != "kept" and v)
+    left_out = f"; pass rate filter left out {left_out}" if left_out else ""
     return (f"generate: {s['prompts']} prompts -> {s['samples']} samples, {s['generated_tokens']:,} tokens{speed}, "
-            f"{seconds(s.get('wall_seconds_this_run'))}{dtype}")  # fmt: skip
+            f"{seconds(s.get('wall_seconds_this_run'))}{dtype}{left_out}")  # fmt: skip
 
 
 GENERATE = Stage(
@@ -170,7 +172,8 @@ def _build_run(cfg: Config, plan: BuildPlan, overwrite: bool) -> dict[str, Any]:
 def _build_summary(s: dict[str, Any]) -> str:
     noun = "pairs" if s.get("kind") == "pairs" else "examples"
     dropped = ", ".join(f"{k} {v}" for k, v in s.get("dropped", {}).items() if v)
-    return (f"build: {s['builder']}, {s['rows_in']} rows -> {s['pairs_out']} {noun} ({s['prompts_out']} prompts)"
+    of = f" of {s['prompts_in']}" if "prompts_in" in s else ""
+    return (f"build: {s['builder']}, {s['rows_in']} rows -> {s['pairs_out']} {noun} ({s['prompts_out']}{of} prompts)"
             + (f"; dropped {dropped}" if dropped else ""))  # fmt: skip
 
 

@@ -80,6 +80,13 @@ def test_summary_lines():
                                "dropped": {"both_wrong": 40, "both_correct": 15, "x": 0}}) == (
         "build: scl, 64 rows -> 9 pairs (6 prompts); dropped both_wrong 40, both_correct 15"
     )
+    assert summarize("build", {"builder": "scl", "kind": "pairs", "rows_in": 64, "pairs_out": 9, "prompts_in": 16,
+                               "prompts_out": 6, "dropped": {}}) == "build: scl, 64 rows -> 9 pairs (6 of 16 prompts)"
+    filtered = {"prompts": 16, "samples": 64, "generated_tokens": 100, "wall_seconds_this_run": 9,
+                "prompt_selection": {"kept": 16, "too_easy": 3, "too_hard": 7, "unmeasured": 0}}
+    assert summarize("generate", filtered).endswith("; pass rate filter left out too_easy 3, too_hard 7")
+    calibrated = {"seconds": 61, "table": "level ...", "calibration": "c.json", "pass_rates": "p.jsonl"}
+    assert summarize("calibrate", calibrated) == "calibrate: 61 s\n\nlevel ...\n\ncalibrate: c.json, p.jsonl"
     assert summarize("eval", {"seconds": 80.4, "models": {"base": {"problems": 40}, "trained": {"problems": 40}}}) == (
         "eval: base, trained on 40 problems each, 80 s"
     )

@@ -97,7 +97,7 @@ def test_each_stage_names_its_keys():
     (judge,) = stage_demands(cfg, "judge")
     assert judge.resources == {"CPU": 1, "GPU": 0.5} and "judges.embedding.num_gpus=0.5" in judge.key
     (train,) = stage_demands(cfg, "train")
-    assert train.resources == {"CPU": 1, "GPU": 1} and train.count == 2 and "train.use_gpu=true" in train.key
+    assert train.resources == {"CPU": 2, "GPU": 1} and train.count == 2 and "train.use_gpu=true" in train.key
     assert [d.resources["GPU"] for d in stage_demands(cfg, "eval")] == [1, 0.5]
     assert stage_demands(cfg, "build") == []
     score = load_config(ROOT / "configs/score.yaml", [])
@@ -141,7 +141,7 @@ def test_a_stage_asking_for_a_gpu_is_refused_at_once(ray_local, tmp_path, tiny_m
     ])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert "error: train.use_gpu=true, train.cpus_per_worker=1, train.num_workers=1: needs 1 x {CPU: 1, GPU: 1}" in err
+    assert "error: train.use_gpu=true, train.cpus_per_worker=2, train.num_workers=1: needs 1 x {CPU: 2, GPU: 1}" in err
     assert "generate" not in err and not (tmp_path / "run" / "generate").exists()
 
 

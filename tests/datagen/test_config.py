@@ -4,7 +4,7 @@ import pytest
 
 from cluster.config import ConfigError, load_config, parse_overrides
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").rglob("*.yaml"))
 
 
 def test_defaults_are_valid():
@@ -13,7 +13,7 @@ def test_defaults_are_valid():
     assert cfg.prompts.builtin == "arithmetic"
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_config_validates(path):
     load_config(path)
 

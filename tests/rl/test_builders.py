@@ -47,6 +47,59 @@ def test_scl_keeps_only_flips():
     }
 
 
+def _review_rows():
+    review = "Review your previous answer."
+    return [
+        row("a", 0, attempt1="6+3=8", attempt2="6+3=9", review_prompt=review, verifier_score1=0.0, verifier_score2=1.0),
+        row("a", 1, attempt1="6+3=9", attempt2="I'm ready to help.", review_prompt=review,
+            verifier_score1=1.0, verifier_score2=0.0),
+        row("a", 2, attempt1="6+3=9", attempt2="6+3=9", review_prompt=review, verifier_score1=1.0, verifier_score2=1.0),
+        row("b", 0, attempt1="7", attempt2="8", review_prompt=review, verifier_score1=0.0, verifier_score2=0.0),
+    ]  # fmt: skip
+
+
+def test_scl_pairs_can_answer_the_review_turn():
+    """scl_prompt review: the pair's prompt is the conversation the second attempt was made in, so
+    right->wrong teaches to keep a right answer when asked to review it, wrong->right to fix a wrong one."""
+    rows = _review_rows()
+    out = get_builder("scl")(rows, BuildConfig(scl_prompt="review"))
+    keep, fix = sorted(out.examples, key=lambda e: e["chosen_source"])
+    assert keep["prompt"] == [
+        {"role": "user", "content": "question a"},
+        {"role": "assistant", "content": "6+3=9"},
+        {"role": "user", "content": "Review your previous answer."},
+    ]
+    assert (keep["chosen"][0]["content"], keep["rejected"][0]["content"]) == ("6+3=9", "I'm ready to help.")
+    assert fix["prompt"][1]["content"] == "6+3=8"
+    assert (fix["chosen"][0]["content"], fix["rejected"][0]["content"]) == ("6+3=9", "6+3=8")
+    assert out.notes == {"right_to_wrong": 1, "wrong_to_right": 1}
+    both = get_builder("scl")(rows, BuildConfig(scl_prompt="both"))
+    assert sorted(e["pair_id"] for e in both.examples) == ["a:0", "a:0:review", "a:1", "a:1:review"]
+    assert {e["group"] for e in both.examples} == {"a"}  # a prompt's pairs share a step
+    assert both.dropped == out.dropped == {"both_correct": 1, "both_wrong": 1}
+
+
+@pytest.mark.parametrize("correct_to_correct, kept", [(False, ["a:0"]), (True, ["a:0", "a:2"])])
+def test_star_learns_the_second_attempts_that_are_right(correct_to_correct, kept):
+    out = get_builder("star")(_review_rows(), BuildConfig(builder="star", star_correct_to_correct=correct_to_correct))
+    assert out.kind == "sft" and [e["pair_id"] for e in out.examples] == kept
+    messages = out.examples[0]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+    assert [m["content"] for m in messages[1:]] == ["6+3=8", "Review your previous answer.", "6+3=9"]
+    assert out.dropped["attempt2_wrong"] == 2
+    assert out.dropped.get("both_correct", 0) == (0 if correct_to_correct else 1)
+
+
+def test_star_sft_learns_only_the_second_attempt():
+    """The train stage's SFT split: the turns before the last assistant turn are the prompt, not learned."""
+    from rl.train import split_at_last_user
+
+    messages = get_builder("star")(_review_rows(), BuildConfig(builder="star")).examples[0]["messages"]
+    prompt, completion = split_at_last_user(messages)
+    assert completion == [{"role": "assistant", "content": "6+3=9"}]
+    assert prompt[-1] == {"role": "user", "content": "Review your previous answer."}
+
+
 def _contrast_rows():
     sims = [0.95, 0.1, 0.5, 0.3, 0.8, 0.2, 0.6, 0.4, 0.7]
     rows = [
@@ -244,6 +297,7 @@ def test_run_build_writes_trl_ready_parquet(tmp_path, capsys):
     out = StageDir(tmp_path / "build")
     summary = run_build(BuildConfig(), judge, out)
     assert summary["rows_in"] == 2 and summary["pairs_out"] == 1 and summary["dropped"] == {"both_correct": 1}
+    assert summary["prompts_in"] == 1 and summary["prompts_without_examples"] == 0
     assert json.loads((out.path / "_SUCCESS.json").read_text())["pairs_out"] == 1
     assert "dropped both_correct: 1" in capsys.readouterr().out
     ds = load_dataset("parquet", data_files=[str(p) for p in out.shard_paths()], split="train")

@@ -40,8 +40,8 @@ def base_args(run_dir, model, *extra):
     [
         (["eval.models={base: null, trained: null}"], "the train stage has not finished"),
         (["eval.models={base: null, mine: null}"], "unknown model label 'mine'"),
-        # the training prompts are the first 16 of the train split with max_operand 9
-        (["eval.prompts.split=train", "eval.prompts.max_operand=9"], "shares 16 problem(s) with the training"),
+        # the training prompts are the first 40 of the train split
+        (["eval.prompts.split=train"], "shares 40 problem(s) with the training"),
     ],
 )
 def test_bad_input_exits_2_naming_it_and_writes_nothing(tmp_path, tiny_model_dir, capsys, extra, expected):
