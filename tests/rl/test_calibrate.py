@@ -76,7 +76,7 @@ def test_calibrate_writes_the_table_and_pass_rates_the_prompt_filter_reads(tmp_p
     args = [
         str(ROOT / "configs/quickstart.yaml"), f"run_dir={run_dir}", f"model={tiny_model_dir}", "ray.num_cpus=2",
         "ray.include_dashboard=false", "calibrate.levels=[add_sub_1digit, word_2step]", "calibrate.size=3",
-        "calibrate.n=2", "calibrate.max_tokens=8", "generate.engine.max_model_len=512",
+        "calibrate.n=2", "calibrate.pass_k=[1, 2]", "calibrate.max_tokens=8", "generate.engine.max_model_len=512",
     ]  # fmt: skip
     assert main(["calibrate", *args]) == 0
     out = capsys.readouterr().err
