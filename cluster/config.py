@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from datagen.arithmetic import LEVELS
-from datagen.config import GenerateConfig, JudgePoolConfig, PromptsConfig, Strict
+from datagen.config import MAX_OPERAND, GenerateConfig, JudgePoolConfig, PromptsConfig, Strict
 from datagen.storage import Location, as_location, is_uri
 from judges.config import JudgesConfig, default_judges
 from rl.config import PASS_RATES_FILE, BuildConfig, CalibrateConfig, EvalConfig, TrainConfig
@@ -82,7 +82,7 @@ class Config(Strict):
             held_out.model_fields_set
         ):
             # evaluated on the level it is trained on
-            if "max_operand" in held_out.model_fields_set and not LEVELS[self.prompts.level].word:
+            if held_out.max_operand != MAX_OPERAND and not LEVELS[self.prompts.level].word:
                 raise ValueError(
                     f"eval.prompts.max_operand applies to the word levels; eval.prompts.level follows prompts.level "
                     f"({self.prompts.level}), which has fixed digits"

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from datagen.arithmetic import DEFAULT_LEVEL, LEVELS
 from datagen.modes import MODES
 
+MAX_OPERAND = 99  # prompts.max_operand's default
+
 # The two self-correction instructions of the papers this project reproduces.
 REVIEW_PROMPTS = {
     # SCL (He et al., 2024): the seed's review message 0 with the step-by-step request and the answer
@@ -75,7 +77,7 @@ class PromptsConfig(Strict):
         1000, ge=1, description="arithmetic: problems per split (unset: at most this many; a small level has fewer)"
     )
     max_operand: int = Field(
-        99, ge=5, description="arithmetic word levels: largest number in a problem (smaller is easier)"
+        MAX_OPERAND, ge=5, description="arithmetic word levels: largest number in a problem (smaller is easier)"
     )
     pass_rate: PassRateConfig | None = Field(
         None, description="keep only prompts with a measured pass rate in bounds (prompts with signal)"
@@ -106,7 +108,8 @@ class PromptsConfig(Strict):
             raise ValueError("set prompts.path or prompts.builtin")
         # level, size and max_operand are the arithmetic's settings and other sources leave them be, so a
         # config written for a level still runs on a prompt file or the pictures (quickstart.yaml prompts.path=...)
-        if self.builtin == "arithmetic" and "max_operand" in self.model_fields_set and not LEVELS[self.level].word:
+        # (the default is no choice: a resolved config, which spells out every default, loads again)
+        if self.builtin == "arithmetic" and self.max_operand != MAX_OPERAND and not LEVELS[self.level].word:
             raise ValueError(f"max_operand applies to the word levels; level {self.level} has fixed digits")
         return self
 

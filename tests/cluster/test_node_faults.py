@@ -278,7 +278,7 @@ def test_train_worker_killed_resumes_from_the_last_checkpoint(cluster, run_dir, 
     overrides = [
         f"run_dir={run_dir}", f"model={tiny_model_dir}", "train.num_workers=2", "train.batch_size=1",
         "train.grad_accum=2", "train.max_length=128", "train.checkpoint_every=2", "train.log_samples=true",
-        "train.max_failures=1", "train.log_every=1", "train.lr=1e-3", "train.cpus_per_worker=1",
+        "train.max_failures=1", "train.log_every=1", "train.lr=1e-3", "train.cpus_per_worker=1", "train.epochs=1",
     ]
     head, node2 = cluster.head.proc.pid, cluster.ensure_node2().pid
 

@@ -18,6 +18,20 @@ def test_every_shipped_config_validates(path):
     load_config(path)
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_resolved_config_a_run_writes_loads_as_the_same_config(path, tmp_path):
+    # what `selfcorrect status RUN_DIR` and the report read back: every default spelled out
+    import yaml
+
+    cfg = load_config(path, [f"run_dir={tmp_path}"])
+    written = tmp_path / "config.yaml"
+    written.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    again = load_config(written)
+    # the same settings (model_cache's default "~" comes back expanded, as a path given in a config does)
+    assert again.model_dump(exclude={"model_cache"}) == cfg.model_dump(exclude={"model_cache"})
+    assert again.model_cache == str(Path(cfg.model_cache).expanduser().absolute())
+
+
 def test_shipped_configs_cover_every_method():
     names = {p.stem for p in CONFIGS}
     assert {"quickstart", "scl", "selfee", "sima", "self_contrast", "score"} <= names
