@@ -130,6 +130,17 @@ def _need(rows: list[Row], judge: str, suffixes: tuple[str, ...], builder: str) 
         require_columns(rows[0].keys(), [judge_column(judge, s) for s in suffixes], builder)
 
 
+def _unusable_pair_of_attempts(row: Row, judge: str) -> str | None:
+    """Why a row's two attempts cannot be compared (no attempt 2, a judge error, a missing score), or None."""
+    if not row.get("attempt2"):
+        return "no_attempt2"
+    if _error(row, judge):
+        return "judge_error"
+    if row.get(f"{judge}_score1") is None or row.get(f"{judge}_score2") is None:
+        return "not_scored"
+    return None
+
+
 # --- SCL: correctness flips between attempts ---------------------------------------------------
 
 
@@ -157,12 +168,8 @@ def build_scl(rows: list[Row], cfg: BuildConfig) -> BuildResult:
     out = BuildResult("pairs", [])
     for row in rows:
         s1, s2 = row.get(f"{judge}_score1"), row.get(f"{judge}_score2")
-        if not row.get("attempt2"):
-            out.dropped["no_attempt2"] += 1
-        elif _error(row, judge):
-            out.dropped["judge_error"] += 1
-        elif s1 is None or s2 is None:
-            out.dropped["not_scored"] += 1
+        if unusable := _unusable_pair_of_attempts(row, judge):
+            out.dropped[unusable] += 1
         elif (s1 >= 0.5) == (s2 >= 0.5):
             out.dropped["both_correct" if s1 >= 0.5 else "both_wrong"] += 1
         else:
@@ -196,12 +203,8 @@ def build_star(rows: list[Row], cfg: BuildConfig) -> BuildResult:
     out = BuildResult("sft", [])
     for row in rows:
         s1, s2 = row.get(f"{judge}_score1"), row.get(f"{judge}_score2")
-        if not row.get("attempt2"):
-            out.dropped["no_attempt2"] += 1
-        elif _error(row, judge):
-            out.dropped["judge_error"] += 1
-        elif s1 is None or s2 is None:
-            out.dropped["not_scored"] += 1
+        if unusable := _unusable_pair_of_attempts(row, judge):
+            out.dropped[unusable] += 1
         elif s2 < 0.5:
             out.dropped["attempt2_wrong"] += 1
         elif s1 >= 0.5 and not cfg.star_correct_to_correct:
