@@ -40,7 +40,7 @@ from rl.raytrain import FINAL_MARKER, METRICS_FILE, PROGRESS_FILE, append_line
 from rl.score_math import check_lag, kept_candidate
 from rl.score_source import EpisodeSource, logp_mismatch
 from rl.score_step import Policy, StepStats, Workers, train_step
-from rl.trl_bridge import peft_config
+from rl.trl_bridge import peft_config, train_dtype
 
 ROLLOUT_DIR = "rollouts"
 STATE_FILE = "state.json"
@@ -137,8 +137,6 @@ class ScoreRecipe:
         import ray.train
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from datagen.hardware import resolve_dtype
-
         ctx = ray.train.get_context()
         self.workers = Workers(ctx.get_world_rank(), ctx.get_world_size())
         t = self.t
@@ -149,7 +147,7 @@ class ScoreRecipe:
         torch.manual_seed(t.seed)
         tokenizer = AutoTokenizer.from_pretrained(self.c.model_path)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        chosen = resolve_dtype(t.precision, gpu=not use_cpu)
+        chosen = train_dtype(t, use_cpu)
         print(f"[score] trainer dtype {chosen}", flush=True)
         dtype = getattr(torch, chosen.name)
         autocast = None
