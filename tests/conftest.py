@@ -137,6 +137,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    """Seconds per test file (setup, call and teardown together), slowest first: where the suite's time goes."""
+    per_file: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for rep in reports:
+            if isinstance(rep, pytest.TestReport):
+                path = rep.nodeid.split("::")[0]
+                per_file[path] = per_file.get(path, 0.0) + rep.duration
+    if not per_file:
+        return
+    terminalreporter.write_sep("=", "seconds per test file (slowest 20)")
+    for path, secs in sorted(per_file.items(), key=lambda kv: -kv[1])[:20]:
+        terminalreporter.write_line(f"{secs:8.1f}s  {path}")
+    terminalreporter.write_line(f"{sum(per_file.values()):8.1f}s  all {len(per_file)} files")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
