@@ -4,8 +4,9 @@ Every number about the models is read from ``RUN_DIR/eval/metrics.json`` as the 
 and only formatted here (percentages with one decimal, p-values with three significant digits):
 the report can be rebuilt anywhere from that file alone. The rest is context when it is there —
 the resolved config (``RUN_DIR/config.yaml``), data sizes and wall times from each stage's
-``_SUCCESS.json``, the training curves from ``RUN_DIR/train/metrics.jsonl``, and a few example
-problems with their images and each model's attempts (``rl.report_examples``).
+``_SUCCESS.json``, the training curves from ``RUN_DIR/train/metrics.jsonl``, a few example
+problems with their images and each model's attempts (``rl.report_examples``), and for each model
+that another run trained, how that run made it and at what cost (``rl.report_runs``).
 
 The run directory may be on object storage (``s3://...``): everything is read through
 ``datagen.storage``, rendered in memory and published to ``RUN_DIR/report/`` one whole file at a time.
@@ -24,12 +25,15 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datagen import storage
 from datagen.shards import StageInputError, atomic_write_bytes
 from datagen.storage import Location
 from rl.report_examples import Example, read_examples, thumbnail_name
+
+if TYPE_CHECKING:
+    from rl.report_runs import TrainedRun
 
 METRICS_FILE = "eval/metrics.json"
 TRAIN_LOG_FILE = "train/metrics.jsonl"
@@ -66,6 +70,7 @@ class RunFacts:
     train_log: list[dict[str, Any]] = field(default_factory=list)
     run_dir: str = ""
     examples: list[Example] = field(default_factory=list)
+    trained_runs: list[TrainedRun] = field(default_factory=list)  # other runs that trained evaluated models
 
 
 def read_metrics(path: Location) -> dict[str, Any]:
@@ -97,6 +102,8 @@ def read_train_log(path: Location) -> list[dict[str, Any]]:
 
 def read_run(run_dir: str | Path | storage.ObjectPath) -> RunFacts:
     """Everything the report shows; only ``eval/metrics.json`` is required. The run may be on object storage."""
+    from rl.report_runs import read_trained_runs  # a module built on this one: imported when used
+
     run = storage.as_location(run_dir)
     metrics = read_metrics(run / METRICS_FILE)
     config = run / CONFIG_FILE
@@ -112,6 +119,7 @@ def read_run(run_dir: str | Path | storage.ObjectPath) -> RunFacts:
         train_log=read_train_log(run / TRAIN_LOG_FILE),
         run_dir=str(run),
         examples=read_examples(run, metrics),
+        trained_runs=read_trained_runs(metrics, run),
     )
 
 
@@ -272,7 +280,7 @@ def times_table(stages: dict[str, dict[str, Any]]) -> Table | None:
 def training_summary(train_log: list[dict[str, Any]]) -> str:
     last = train_log[-1]
     parts = [f"{len(train_log)} logged steps, last step {last['step']}"]
-    for key in ("loss", "rewards/margins", "rewards/accuracies", "reward_t1", "reward_t2", "kl_t1", "kl_t2"):
+    for key in ("loss", "rewards/margins", "rewards/accuracies", "reward_t1", "reward_t2", "delta", "kl_t1", "kl_t2"):
         if key in last:
             parts.append(f"final {key} {last[key]:.4g}")
     return "; ".join(parts) + "."
@@ -307,6 +315,8 @@ def describe_eval(metrics: dict[str, Any]) -> str:
 
 def report_blocks(facts: RunFacts, images: dict[str, str]) -> list[Block]:
     """The report as blocks; ``images`` maps each plot drawn (file name) to its alt text."""
+    from rl.report_runs import runs_blocks
+
     metrics = facts.metrics
     blocks: list[Block] = [Heading(1, "Self-correction report"), Para(describe_eval(metrics))]
     if facts.run_dir:
@@ -342,6 +352,7 @@ def report_blocks(facts: RunFacts, images: dict[str, str]) -> list[Block]:
             blocks += [Heading(2, title)] + ([Para(note)] if note else []) + [table]
             if title.startswith("SelFee") and "selfee.png" in images:
                 blocks.append(Image("selfee.png", images["selfee.png"]))
+    blocks += runs_blocks(facts.trained_runs, images)
     if facts.examples:
         blocks += [Heading(2, "Examples"), Para("Sample 0 of the first problems, with the judge's verdicts.")]
         blocks += example_blocks(facts.examples, images)
@@ -351,6 +362,8 @@ def report_blocks(facts: RunFacts, images: dict[str, str]) -> list[Block]:
         blocks.append(Para(training_summary(facts.train_log)))
         if "training.png" in images:
             blocks.append(Image("training.png", images["training.png"]))
+    elif facts.trained_runs:
+        blocks.append(Para("This run trained no model of its own: the runs that did are above."))
     else:
         blocks.append(Para("No training metrics in this run (train/metrics.jsonl)."))
     data, times = data_table(facts.stages), times_table(facts.stages)
@@ -451,13 +464,16 @@ def write_report(
     report.html that is there is the whole report. Raises ``StageInputError`` when
     ``RUN_DIR/eval/metrics.json`` is missing or unreadable.
     """
-    from rl import report_examples, report_plots
+    from rl import report_examples, report_plots, report_runs
 
     started = time.perf_counter()
     facts = read_run(run_dir)
     out = storage.as_location(out_dir) if out_dir is not None else storage.as_location(run_dir) / REPORT_DIR
     pngs = report_plots.draw_all(facts.metrics, facts.train_log)
     alts = {name: report_plots.TITLES[name] for name in pngs}
+    runs_pngs, runs_alts = report_runs.draw(facts.trained_runs)
+    pngs.update(runs_pngs)
+    alts.update(runs_alts)
     shown = report_examples.thumbnails(storage.as_location(run_dir), facts.examples)
     pngs.update(shown)
     alts.update({name: "the problem's image" for name in shown})
@@ -466,7 +482,8 @@ def write_report(
     storage.makedirs(out)
     for name, data in pngs.items():
         atomic_write_bytes(out / name, data)
-    for name in set(report_plots.TITLES) - set(pngs):
+    earlier = {n for n in storage.list_names(out) if n.startswith(report_runs.PLOT_PREFIX) and n.endswith(".png")}
+    for name in (set(report_plots.TITLES) | earlier) - set(pngs):
         storage.remove(out / name)  # a plot an earlier report drew that has no data now
     atomic_write_bytes(out / "report.md", markdown)
     atomic_write_bytes(out / "report.html", page)

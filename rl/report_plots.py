@@ -99,14 +99,15 @@ def plot_transitions(metrics: dict[str, Any]) -> bytes | None:
     return _png(fig)
 
 
-def plot_training(train_log: list[dict[str, Any]]) -> bytes | None:
+def plot_training(train_log: list[dict[str, Any]], title: str | None = None) -> bytes | None:
     from matplotlib.ticker import MaxNLocator
 
     panels = [
         ("loss", [("loss", "loss", "#333333")]),
         ("DPO reward margin", [("rewards/margins", "chosen − rejected", "#55a868")]),
         ("DPO rewards", [("rewards/chosen", "chosen", T1), ("rewards/rejected", "rejected", "#c44e52")]),
-        ("SCoRe training reward", [("reward_t1", "attempt 1", T1), ("reward_t2", "attempt 2", T2)]),
+        ("SCoRe training reward", [("reward_t1", "attempt 1", T1), ("reward_t2", "attempt 2", T2),
+                                   ("delta", "Δ = attempt 2 − attempt 1", "#55a868")]),
         ("SCoRe KL to the reference", [("kl_t1", "attempt 1", T1), ("kl_t2", "attempt 2", T2)]),
     ]
     panels = [(t, [s for s in series if any(s[0] in r for r in train_log)]) for t, series in panels]
@@ -115,17 +116,17 @@ def plot_training(train_log: list[dict[str, Any]]) -> bytes | None:
         return None
     fig = _figure(4.2 * len(panels), 3.4)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (title, series) in zip(axes, panels, strict=True):
+    for ax, (panel, series) in zip(axes, panels, strict=True):
         for key, name, color in series:
             pts = [(r["step"], r[key]) for r in train_log if isinstance(r.get(key), (int, float))]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, color=color, label=name)
-        ax.set_title(title)
+        ax.set_title(panel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel(title)
+        ax.set_ylabel(panel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(TITLES["training.png"], fontsize=11)
+    fig.suptitle(title or TITLES["training.png"], fontsize=11)
     return _png(fig)
 
 
