@@ -100,10 +100,17 @@ class SelfCriticSettings(JudgeSettings):
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0)
     few_shot: bool = True
-    order: Literal["pair", "swapped"] = Field(
+    order: Literal["pair", "swapped", "both"] = Field(
         "pair",
         description="pair: the row's pair in order (for SIMA rows the greedy response first); swapped: the second "
-        "first, as SIMA's seed shows the sampled response before the greedy one (the verdict is mapped back)",
+        "first, as SIMA's seed shows the sampled response before the greedy one (the verdict is mapped back); both: "
+        "asked in each order, a verdict kept only where the two agree (else a tie): position bias cancelled",
+    )
+    verdict: Literal["written", "forced"] = Field(
+        "written",
+        description="written: the critic writes a judgement ending in [[1]] or [[2]]; forced: its answer begins "
+        "'[[' and the verdict is whichever of 1 and 2 it finds more probable next (one token, for critics too small "
+        "to write the format: the default model writes it on 2 of 256 pairs)",
     )
     batch_size: int = Field(256, ge=1)
     engine: dict[str, Any] = Field(

@@ -7,14 +7,27 @@ the question, the reference answer, a few worked examples and SIMA's three crite
 from image description to text answers. Either way it ends with "[[1]]" or "[[2]]". The verdict is
 parsed leniently (``parse_verdict``); an unparseable one gives pref 0 with an error, and the row
 is kept. The pair of each row follows ``judges.base.pairs``; ``order: swapped`` shows its second
-response first (SIMA's seed shows the sampled answer before the greedy one) and maps the verdict back.
+response first (SIMA's seed shows the sampled answer before the greedy one) and maps the verdict back;
+``order: both`` asks in both orders and keeps a verdict only where they agree (``combine_orders``).
+``verdict: forced`` asks for no writing: the critic's answer is begun with "[[" and its verdict is the
+more probable of the tokens "1" and "2" (greedy over those two only), the way a multiple-choice
+benchmark reads a small model's choice from its probabilities rather than from its prose.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from judges.base import BaseJudge, JudgeResult, image_parts, pairs, parse_verdict, question_text, register
+from judges.base import (
+    BaseJudge,
+    JudgeResult,
+    combine_orders,
+    image_parts,
+    pairs,
+    parse_verdict,
+    question_text,
+    register,
+)
 from judges.sima_critic import sima_critic_prompt
 
 CRITERIA = """\
@@ -51,6 +64,8 @@ Reference answer: {reference}
 [Response 2] {second}
 Give a one-sentence judgement, then end with [[1]] if Response 1 is better, [[2]] if Response 2 is."""
 
+FORCED_LEAD = "The better response is [["
+
 
 def critic_prompt(
     question: str, reference: str | None, first: str, second: str, few_shot: bool = True
@@ -79,11 +94,26 @@ class SelfCriticJudge(BaseJudge):
         from vllm import LLM, SamplingParams
 
         self.llm = LLM(model=settings.model, **settings.engine)
-        self.sampling = SamplingParams(
-            temperature=settings.temperature, max_tokens=settings.max_tokens, seed=0
-        )
+        self.forced = settings.verdict == "forced"
+        if self.forced:
+            choices = [self.llm.get_tokenizer().encode(c, add_special_tokens=False) for c in ("1", "2")]
+            if any(len(ids) != 1 for ids in choices):
+                raise ValueError(f"judges.{name}.verdict: forced needs '1' and '2' as one token each")
+            self.sampling = SamplingParams(
+                temperature=0.0, max_tokens=1, allowed_token_ids=[ids[0] for ids in choices], seed=0
+            )
+        else:
+            self.sampling = SamplingParams(
+                temperature=settings.temperature, max_tokens=settings.max_tokens, seed=0
+            )
 
     def generate(self, conversations: list[list[dict[str, Any]]]) -> list[str]:
+        if self.forced:  # the answer so far is "[[": its next token is the verdict
+            conversations = [[*c, {"role": "assistant", "content": FORCED_LEAD}] for c in conversations]
+            outputs = self.llm.chat(
+                conversations, self.sampling, use_tqdm=False, add_generation_prompt=False, continue_final_message=True
+            )
+            return [f"{FORCED_LEAD}{o.outputs[0].text}]]" for o in outputs]
         outputs = self.llm.chat(conversations, self.sampling, use_tqdm=False)
         return [o.outputs[0].text for o in outputs]
 
@@ -110,28 +140,35 @@ class SelfCriticJudge(BaseJudge):
         text = sima_critic_prompt(question_text(row), row.get("reference"), first, second, few_shot=few_shot)
         return [{"role": "user", "content": [*images, {"type": "text", "text": text}]}]
 
+    def _verdicts(self, rows: list[dict[str, Any]], where: list[int], swapped: bool) -> list[tuple[Any, str, str]]:
+        """(the verdict as given on the pair shown, the critic's text, why there is none) per pair in ``where``."""
+        found = pairs(rows)
+        asks = [self.ask(rows[i], *(found[i][::-1] if swapped else found[i])) for i in where]
+        self.stats.calls += len(asks)
+        out = []
+        for text, refused in self.answers(asks) if asks else []:
+            verdict = None if refused else parse_verdict(text)
+            out.append((verdict, text, refused or ("" if verdict is not None else "no verdict in the critic's answer")))
+        return out
+
     def judge(self, rows: list[dict[str, Any]]) -> list[JudgeResult]:
         results = [JudgeResult() for _ in rows]
-        swapped = self.settings.order == "swapped"
-        asks, where = [], []
-        for i, (row, pair) in enumerate(zip(rows, pairs(rows), strict=True)):
-            if pair is None:
-                continue
-            asks.append(self.ask(row, *(pair[::-1] if swapped else pair)))
-            where.append(i)
-        if asks:
-            self.stats.calls += len(asks)
-            for i, (text, refused) in zip(where, self.answers(asks), strict=True):
-                verdict = parse_verdict(text)
-                results[i].raw = text
-                if refused:
-                    results[i].pref = 0
-                    results[i].flag(refused)
-                elif verdict is None:
-                    results[i].pref = 0
-                    results[i].flag("no verdict in the critic's answer")
-                else:
-                    results[i].pref = {1: 2, 2: 1}.get(verdict, verdict) if swapped else verdict
+        where = [i for i, pair in enumerate(pairs(rows)) if pair is not None]
+        order = self.settings.order
+        answers = self._verdicts(rows, where, swapped=order == "swapped")
+        if order == "swapped":
+            answers = [({1: 2, 2: 1}.get(v, v), t, e) for v, t, e in answers]
+        elif order == "both":
+            back = self._verdicts(rows, where, swapped=True)
+            answers = [
+                (combine_orders(v1, v2), f"{t1}\n---\n{t2}", e1 or e2)
+                for (v1, t1, e1), (v2, t2, e2) in zip(answers, back, strict=True)
+            ]
+        for i, (verdict, text, error) in zip(where, answers, strict=True):
+            results[i].raw = text
+            results[i].pref = 0 if verdict is None else verdict
+            if error:
+                results[i].flag(error)
         return self._account(results)
 
     def close(self) -> None:

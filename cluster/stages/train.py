@@ -92,7 +92,8 @@ def _progress(cfg: Config) -> State:
 def _summary(s: dict[str, Any]) -> str:
     took = seconds(s.get("seconds"))
     dtype = f", {s['dtype']}" if s.get("dtype") else ""
-    return f"train: {s['algorithm']}, {s['steps']} steps on {s['pairs']} pairs, {took}{dtype} -> {s['model']}"
+    what = "pairs" if s["algorithm"] == "dpo" else "examples"  # SFT trains on examples, not pairs
+    return f"train: {s['algorithm']}, {s['steps']} steps on {s['pairs']} {what}, {took}{dtype} -> {s['model']}"
 
 
 TRAIN = Stage(

@@ -240,3 +240,11 @@ def test_a_stage_failing_within_run_names_run_to_go_on(tmp_path):
     assert hint == ("the generate and judge outputs are intact: `selfcorrect train c.yaml` "
                     "takes up the train where it stopped")
     assert _failure_hint(cfg, STAGES["generate"], [STAGES["generate"]], ["c.yaml"]).startswith("`selfcorrect generate")
+
+
+def test_the_train_line_counts_pairs_for_dpo_and_examples_for_sft():
+    from cluster.stages.train import TRAIN
+
+    summary = {"steps": 12, "pairs": 24, "seconds": 114.0, "model": "runs/x/train/model"}
+    assert "12 steps on 24 pairs" in TRAIN.summary({**summary, "algorithm": "dpo"})
+    assert "12 steps on 24 examples" in TRAIN.summary({**summary, "algorithm": "sft"})

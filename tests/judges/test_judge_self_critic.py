@@ -79,3 +79,54 @@ def test_self_critic_keeps_every_row(tiny_model_dir, monkeypatch):
         assert (bad.pref, bad.error) == (0, "no verdict in the critic's answer")
     finally:
         judge.close()
+
+
+def _pair_rows(n: int) -> list[dict]:
+    q = [{"role": "user", "content": "What is 3 * 4?"}]
+    rows = []
+    for k in range(n):  # prompt k: sample 0 (greedy) and sample 1 (sampled), SIMA's pair
+        for idx, answer in ((0, "12"), (1, str(10 + k))):
+            rows.append({"prompt_id": f"p{k}", "sample_idx": idx, "messages": q, "reference": "12",
+                         "attempt1": answer, "attempt2": None})  # fmt: skip
+    return rows
+
+
+@pytest.mark.slow
+def test_a_forced_verdict_is_read_from_the_critics_probabilities_and_both_orders_cancel_position_bias(
+    tiny_model_dir, monkeypatch
+):
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    engine = {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048, "seed": 0}
+    settings = judge_settings(
+        "critic", {"type": "self_critic", "model": str(tiny_model_dir), "verdict": "forced", "engine": engine}
+    )
+    judge = build("critic", settings)
+    try:
+        rows = _pair_rows(3)
+        results = judge.judge(rows)
+        pairs = results[1::2]
+        # The random model writes nothing parseable, yet every pair gets 1 or 2, read after the lead-in.
+        assert all(r.pref in (1, 2) and r.error == "" for r in pairs), [(r.pref, r.raw) for r in pairs]
+        assert all(r.raw.startswith("The better response is [[") for r in pairs)
+        assert all(r.pref is None for r in results[0::2])  # sample 0 alone makes no pair
+        assert judge.stats.calls == 3
+
+        # order both: asked twice; kept where the two orders agree, a tie where position decided.
+        judge.settings = settings.model_copy(update={"order": "both"})
+        shown: list[str] = []
+
+        def first_position(convs):  # a critic that always picks whichever response it is shown first
+            shown.extend(c[0]["content"] for c in convs)
+            return ["The better response is [[1]]"] * len(convs)
+
+        judge.generate = first_position
+        assert [r.pref for r in judge.judge(rows)[1::2]] == [0, 0, 0]
+
+        def right_one(convs):  # a critic that picks the response saying 12, wherever it stands
+            return [f"[[{1 if '[Response 1] 12' in c[0]['content'] else 2}]]" for c in convs]
+
+        judge.generate = right_one
+        # p0, p1: the greedy "12" (response 1 of the pair) against "10", "11"; p2's two are both "12", a tie
+        assert [r.pref for r in judge.judge(rows)[1::2]] == [1, 1, 0]
+    finally:
+        judge.close()
