@@ -16,7 +16,10 @@ mid-text ("The answer is 12. Wait, 7+6 is 13, so the answer is 13."). The rules,
    when the equation ends in a letter: "4 + 3 = N"), else the first value of a conclusion
    ("Therefore, Ava has 12 apples after ..."), else its last value; read whole (a fraction, a
    tuple, a matrix, ``6.02 × 10^23``), with the values listed beside it ("2 and 3", "$x = 2$ or
-   $x = 3$"), and as its formula (``$...$``) when it stands in one.
+   $x = 3$"), and as its formula (``$...$``) when it stands in one. A number that is an operand of
+   a calculation left unworked ("8 - 4", "2 - 1 equals N") is no result, so it is passed over; a
+   sentence with nothing else holds no answer: echoing the question's sum would otherwise be paid
+   whenever its last operand happens to be the result (8 - 4, 0 + 7).
 
 What the answer of a statement is, once found, ``judges.answer_forms`` reads: tuples, intervals,
 sets, matrices, relations, words and choice letters, number forms, units and Markdown left out.
@@ -282,6 +285,22 @@ def _formula_answer(sentence: str, value: re.Match[str]) -> str | None:
     return None
 
 
+# A value with an arithmetic operator between it and another value: an operand, not a result
+_OPERAND_BEFORE = re.compile(r"[\d)]\s*(?:[-+*/×÷]|\\times|\\cdot)\s*$")
+_OPERAND_AFTER = re.compile(r"\s*(?:[-+*/×÷]|\\times|\\cdot)\s*[\d(]")
+
+
+def _operand(sentence: str, token: re.Match[str]) -> bool:
+    """Whether ``token`` is an operand of a calculation left unworked ("8 - 4", "2 - 1 equals N").
+
+    >>> [_operand("8 - 4", t) for t in _tokens("8 - 4")], _operand("so 8 - 4 is 4", _tokens("so 8 - 4 is 4")[2])
+    ([True, True], False)
+    """
+    start = token.start()  # a window before it: a search from the sentence's start would be quadratic
+    before = _OPERAND_BEFORE.search(sentence, max(0, start - 24), start)
+    return bool(before or _OPERAND_AFTER.match(sentence, token.end()))
+
+
 def _closing(text: str) -> Extraction | None:
     """The answer of the last sentence that holds a value (rule 2 of the module docstring)."""
     pieces, start = [], 0
@@ -295,14 +314,17 @@ def _closing(text: str) -> Extraction | None:
             continue
         eq = sentence.rfind("=")
         after = [k for k, t in enumerate(tokens) if t.start() > eq] if eq >= 0 else []
+        results = [] if after else [k for k, t in enumerate(tokens) if not _operand(sentence, t)]
         if after:
             k, rule = after[0], "equals_end"
         elif eq >= 0 and re.search(r"[A-Za-z]", sentence[eq:]):
             return Extraction(None, "none: the closing equation has no value (\"4 + 3 = N\")")
+        elif not results:
+            return Extraction(None, "none: the closing sentence only restates a calculation (\"8 - 4\")")
         elif _CONCLUSION.search(sentence):
-            k, rule = 0, "therefore"
+            k, rule = results[0], "therefore"
         else:
-            k, rule = len(tokens) - 1, "last_number"
+            k, rule = results[-1], "last_number"
         in_formula = _formula_answer(sentence, tokens[k])
         if in_formula:
             return Extraction(in_formula, "inline_math" if rule == "last_number" else rule)

@@ -129,6 +129,19 @@ TABLE = [
      "Same problem: Ivo buys 27 x 3 = 78 apples.\nImpro", CUT, "27", "78", 0.0),
     ("Here's a summary of the problems after each answer:\n- 1. Find the number of stickers given to Ava: 4 (C) - 3 "
      "(Extra) = 1.", STOP, "4", "1", 0.0),
+    # the question's calculation restated, not worked: its last operand is no answer, even where it is the
+    # result (8 - 4, 0 + 7, 2 - 1); a result beside the restated calculation is (real rows: SCoRe rollouts)
+    ("8 - 4", STOP, "4", None, 0.0),
+    ("What is 0 + 7? 0 + 7", STOP, "7", None, 0.0),
+    ("2 - 1 equals N, which is the number of days in a month.", STOP, "1", None, 0.0),  # real
+    ('9 is the original number. So, 9 + 0 is indeed "The answer is N.", where N represents the original number.',
+     STOP, "9", None, 0.0),  # real
+    ("I get 2*3", STOP, "3", None, 0.0),
+    ("So 9 + 0 is 9", STOP, "9", "9", 1.0),
+    ("6 - 0 = 6. The complete solution", STOP, "6", "6", 1.0),
+    ("The total: 12 apples (5 + 7)", STOP, "12", "12", 1.0),
+    ("2 - 7 is equal to 2 - 7, which is 1.", STOP, "-5", "1", 0.0),  # real
+    ("3 - -2 gives 5", STOP, "5", "5", 1.0),
 ]
 
 
