@@ -18,7 +18,7 @@ import pytest
 from cluster.cli import main
 
 ROOT = Path(__file__).parents[2]
-PROMPTS = 6
+PROMPTS = 16  # one shard each: enough that a restarted run cannot write them all between two polls
 
 
 def args(run_dir, model):
@@ -51,7 +51,7 @@ def kill_when(proc, condition, timeout=300):
     while not condition():
         assert proc.poll() is None, "the run ended before the kill point"
         assert time.monotonic() < deadline, "kill point never reached"
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
