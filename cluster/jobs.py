@@ -192,6 +192,8 @@ def _quiet_ray() -> None:
 
 
 def submit_command(args: argparse.Namespace) -> int:
+    import requests
+
     try:
         cfg, job = prepare(args)
         address = args.address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
@@ -216,6 +218,9 @@ def submit_command(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         print(f"error: the job server at {address} refused: {str(e).strip()[:500]}", file=sys.stderr)
         return 1
+    except requests.ConnectionError as e:
+        print(f"error: lost the connection to the job server at {address}: {str(e)[:300]}", file=sys.stderr)
+        return 1
     _say(f"dashboard: {jobs.get_address()}/#/jobs/{sid}")
     if args.no_wait:
         _say(f"not following; `{shlex.join(['selfcorrect', 'status', args.config, *args.overrides])}` "
@@ -228,19 +233,30 @@ def submit_command(args: argparse.Namespace) -> int:
         return 130
 
 
-def submit_job(jobs: Any, sid: str, job: dict[str, Any], wait_s: float = 120) -> bool:
+def submit_job(jobs: Any, sid: str, job: dict[str, Any], wait_s: float = 120, tries: int = 4) -> bool:
     """Submit; False when a job with this id appeared meanwhile (a second submit of the run, racing).
 
-    Waits while a cluster that has just started has no job agent up yet (Ray says "try again").
+    Waits while a cluster that has just started has no job agent up yet (Ray says "try again"), and
+    tries again when the connection drops mid-request (a busy dashboard, or a kept-alive connection the
+    server had closed): the id is the run's own, so a request that did arrive is found, not doubled.
     """
+    import requests
+
     deadline = time.monotonic() + wait_s
+    dropped = 0
     while True:
         try:
             jobs.submit_job(submission_id=sid, **job)
             return True
+        except requests.ConnectionError:
+            dropped += 1
+            if dropped >= tries:
+                raise
+            time.sleep(min(2**dropped, 10))
         except RuntimeError as e:
             if "already exists" in str(e):
-                return False
+                # after a dropped connection: the lost request had got through, and the job is ours
+                return dropped > 0
             if "No available agent" not in str(e) or time.monotonic() > deadline:
                 raise
             time.sleep(2)

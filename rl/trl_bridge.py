@@ -102,14 +102,21 @@ def _callbacks(trainer, cfg: dict[str, Any], pair_ids: list[str]):
                 ray.train.report(metrics, checkpoint=None)
 
     class LogSamples(TrainerCallback):
-        """Append the ids each optimizer step trained on, one JSON line per step and rank."""
+        """Append the ids each optimizer step trained on, one JSON line per step and rank, after a line
+        ``{"start": STEP}`` for each attempt (STEP: the checkpoint's step it resumed from, else 0)."""
+
+        def _append(self, line: dict[str, Any]) -> None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            with open(log_dir / f"rank{rank}.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if log_dir is not None:
+                self._append({"start": state.global_step})
 
         def on_step_end(self, args, state, control, **kwargs):
             if log_dir is not None:
-                log_dir.mkdir(parents=True, exist_ok=True)
-                line = {"step": state.global_step, "ids": [pair_ids[i] for i in trainer.step_ids]}
-                with open(log_dir / f"rank{rank}.jsonl", "a") as f:
-                    f.write(json.dumps(line) + "\n")
+                self._append({"step": state.global_step, "ids": [pair_ids[i] for i in trainer.step_ids]})
             trainer.step_ids.clear()
 
     class LogMetrics(TrainerCallback):

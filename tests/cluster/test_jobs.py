@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import requests
 from head_node import job_client
 
 from cluster.cli import main
-from cluster.jobs import entrypoint, key_variables, next_submission, short_message, submission_id
+from cluster.jobs import entrypoint, key_variables, next_submission, short_message, submission_id, submit_job
 
 ROOT = Path(__file__).parents[2]
 CONFIG = "configs/quickstart.yaml"
@@ -52,6 +54,38 @@ def test_short_message_leaves_out_the_logs_copy():
     message = "Job entrypoint command failed with exit code 2, last available logs (truncated to 20,000 chars):\nx\n"
     assert short_message(message) == "Job entrypoint command failed with exit code 2"
     assert short_message(None) == ""
+
+
+class DroppingJobServer:
+    """A job server whose first ``drops`` requests lose their connection (the one a real head sometimes
+    drops under load cannot be caused on demand), after which it keeps jobs by id as Ray's does."""
+
+    def __init__(self, drops: int, arrives: bool):
+        self.drops, self.arrives, self.jobs = drops, arrives, []
+
+    def submit_job(self, submission_id: str, **job):
+        if submission_id in self.jobs:
+            raise RuntimeError(f"Request failed with status code 400: Job with submission_id {submission_id} "
+                               "already exists. Please use a different submission_id.")
+        if self.drops:
+            self.drops -= 1
+            if self.arrives:  # the request got through; its answer was lost
+                self.jobs.append(submission_id)
+            raise requests.ConnectionError("('Connection aborted.', RemoteDisconnected('Remote end closed "
+                                           "connection without response'))")
+        self.jobs.append(submission_id)
+
+
+@pytest.mark.parametrize("arrives", [False, True])
+def test_a_dropped_connection_is_tried_again_and_never_submits_twice(monkeypatch, arrives):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    server = DroppingJobServer(drops=2, arrives=arrives)
+    assert submit_job(server, "run-1", {"entrypoint": "x"}) is True
+    assert server.jobs == ["run-1"]
+    # someone else's job of the same id, with no drop: not ours
+    assert submit_job(server, "run-1", {"entrypoint": "x"}) is False
+    with pytest.raises(requests.ConnectionError):
+        submit_job(DroppingJobServer(drops=9, arrives=False), "run-2", {"entrypoint": "x"})
 
 
 def test_submit_follow_resubmit(ray_head_module, tmp_path, monkeypatch, capsys):

@@ -253,12 +253,18 @@ def _rl_rows():
     return module
 
 
-def sample_log(folder: Path) -> dict[int, list[tuple[int, list[str]]]]:
-    """Each rank's ``(step, pair ids)`` lines in the order the attempts wrote them."""
-    return {
-        rank: [(r["step"], r["ids"]) for r in map(json.loads, (folder / f"rank{rank}.jsonl").read_text().splitlines())]
-        for rank in (0, 1)
-    }
+def sample_log(folder: Path) -> dict[int, list[tuple[int, list[tuple[int, list[str]]]]]]:
+    """Each rank's attempts in the order they ran: the step each started from, and its ``(step, pair ids)``
+    lines."""
+    out: dict[int, list[tuple[int, list[tuple[int, list[str]]]]]] = {}
+    for rank in (0, 1):
+        attempts = out.setdefault(rank, [])
+        for line in map(json.loads, (folder / f"rank{rank}.jsonl").read_text().splitlines()):
+            if "start" in line:
+                attempts.append((line["start"], []))
+            else:
+                attempts[-1][1].append((line["step"], line["ids"]))
+    return out
 
 
 @pytest.mark.slow
@@ -312,17 +318,18 @@ def test_train_worker_killed_resumes_from_the_last_checkpoint(cluster, run_dir, 
 
     steps = PAIRS // 4
     log = sample_log(local / "samples")
-    restarts = {r: [i for i in range(1, len(lines)) if lines[i][0] <= lines[i - 1][0]] for r, lines in log.items()}
     final: dict[tuple[int, int], list[str]] = {}
-    for rank, lines in log.items():
-        for s, ids in lines:
-            final[(rank, s)] = ids  # a step trained again after the kill replaces the lost attempt
+    for rank, attempts in log.items():
+        for _, lines in attempts:
+            for s, ids in lines:
+                final[(rank, s)] = ids  # a step trained again after the kill replaces the lost attempt
     seen = [i for ids in final.values() for i in ids]
     expected = sorted(f"p{p}:{i}" for p in range(PAIRS // 2) for i in range(2))
-    # the first step of the second attempt follows the checkpoint it resumed from
-    resumed_from = {r: lines[restarts[r][0]][0] - 1 for r, lines in log.items() if restarts[r]}
-    twice = {r: [s for s, n in Counter(s for s, _ in lines).items() if n > 1 and s <= resumed_from.get(r, 0)]
-             for r, lines in log.items()}
+    # each attempt says which checkpoint it resumed from: a restart is seen even when the kill came between
+    # a checkpoint and the next step, so that no step is trained twice
+    resumed_from = {r: attempts[1][0] for r, attempts in log.items() if len(attempts) > 1}
+    twice = {r: [s for _, lines in attempts[1:] for s, _ in lines if s <= attempts[1][0]]
+             for r, attempts in log.items()}
     metrics = [json.loads(x)["step"] for x in storage.read_bytes(out.path / "metrics.jsonl").decode().splitlines()]
     report({
         "stage": "train", "storage": storage_kind, "faults": ["train_worker_killed"], "killed_after_step": at,
@@ -331,7 +338,8 @@ def test_train_worker_killed_resumes_from_the_last_checkpoint(cluster, run_dir, 
         "stage_s": round(seconds, 1),
     })
     assert out.done() and out.summary()["steps"] == steps
-    assert all(len(v) == 1 for v in restarts.values()), restarts  # one worker-group restart, seen by both ranks
+    assert [len(a) for a in log.values()] == [2, 2], log  # one worker-group restart, seen by both ranks
+    assert [a[0][0] for a in log.values()] == [0, 0]
     assert set(resumed_from.values()) and all(s >= 2 and s % 2 == 0 for s in resumed_from.values()), resumed_from
     assert twice == {0: [], 1: []}, twice  # no step before the resumed checkpoint trained again
     assert sorted(seen) == expected  # every pair exactly once in the steps that count

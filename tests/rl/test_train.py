@@ -336,7 +336,9 @@ def test_group_larger_than_a_step_after_sft_first_through_ray(tmp_path, tiny_mod
     summary = run_train(train, str(tiny_model_dir), build, tmp_path / "train")
     assert summary["steps"] == 3
     assert summary["data"]["groups_split"] == 1 and summary["data"]["padding"] == 0
-    steps = [json.loads(x) for x in (tmp_path / "train" / "samples" / "rank0.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "train" / "samples" / "rank0.jsonl").read_text().splitlines()]
+    assert lines[0] == {"start": 0}
+    steps = lines[1:]
     assert [s["step"] for s in steps] == [1, 2, 3]
     assert sorted(i for s in steps for i in s["ids"]) == sorted(r["pair_id"] for r in build.read().to_pylist())
     p0 = [s["step"] for s in steps if any(i.startswith("p0:") for i in s["ids"])]
@@ -345,7 +347,8 @@ def test_group_larger_than_a_step_after_sft_first_through_ray(tmp_path, tiny_mod
     sft_dir = tmp_path / "train" / "sft"
     sft = json.loads((sft_dir / "_SUCCESS.json").read_text())
     assert sft["algorithm"] == "sft" and sft["steps"] == 2  # p0 once, p1, p2 twice: 4 examples
-    sft_ids = [i for x in (sft_dir / "samples" / "rank0.jsonl").read_text().splitlines() for i in json.loads(x)["ids"]]
+    sft_lines = [json.loads(x) for x in (sft_dir / "samples" / "rank0.jsonl").read_text().splitlines()]
+    sft_ids = [i for x in sft_lines for i in x.get("ids", [])]
     assert sorted(sft_ids) == ["p0:0", "p1:0", "p2:0", "p2:1"]
     assert summary["sft_first"]["model"] == str(sft_dir / "model")
     base = load_file(tiny_model_dir / "model.safetensors")
