@@ -24,9 +24,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 quickstart: install
 	$(VENV)/bin/selfcorrect run configs/quickstart.yaml
 
+# pytest on two workers, a test file to each at a time, the slowest first (tests/conftest.py)
 test: install
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests --durations=25
+	$(PY) -m pytest -q tests -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: install
 	$(VENV)/bin/ruff check .

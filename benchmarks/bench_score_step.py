@@ -1,16 +1,17 @@
 """Where one SCoRe update's time goes, float32 against bfloat16, on the default model (no Ray, no engine).
 
     python benchmarks/bench_score_step.py [--model smollm2-135m-instruct] [--episodes 16] [--tokens 64]
-        [--repeats 2] [--threads 2]
+        [--repeats 2] [--threads 2] [--micro-batch 16]
 
 The update the trainer takes on the laptop config (``configs/score_quickstart.yaml``: LoRA, 4 prompts x
 4 episodes, attempts of up to 64 tokens), on episodes of the lengths rollouts have there (attempt 1
 after a ~90-token prompt, attempt 2 after ~220 tokens), timed phase by phase: the KL-in-reward pass
-(policy and reference forward, no gradient), the loss pass (policy forward and backward), the optimizer
-step. Beside it a bare forward + backward of the same tokens, and the share of the CPU's bfloat16 (or
-float32) matmul peak the update reaches: four passes of 2 flops a weight a token (the LM head only at
-completion tokens) over the update's seconds, against a 2048^2 matmul measured here. Name the CPU's bf16
-flags beside the figures (printed).
+(reference and policy forward; the policy's without a gradient unless an attempt fits one micro-batch,
+when the loss reuses it), the loss pass (backward, and the policy's forward where not reused), the
+optimizer step. Beside it a bare forward + backward of the same tokens, and the share of the CPU's
+bfloat16 (or float32) matmul peak the update reaches: three or four passes of 2 flops a weight a token
+(the LM head only at completion tokens) over the update's seconds, against a 2048^2 matmul measured here.
+Name the CPU's bf16 flags beside the figures (printed).
 """
 
 from __future__ import annotations
@@ -52,17 +53,27 @@ def episodes(vocab: int, count: int, tokens: int):
     return out
 
 
-def run(dtype_name: str, model_path: str, eps_count: int, tokens: int, repeats: int) -> dict:
+def run(dtype_name: str, model_path: str, eps_count: int, tokens: int, repeats: int, micro_batch: int) -> dict:
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     from rl.config import TrainConfig
-    from rl.score_step import Policy, Workers, backward, betas, kl_in_reward, rloo_advantages, shape, update
+    from rl.score_step import (
+        Policy,
+        Workers,
+        backward,
+        betas,
+        kl_in_reward,
+        micro_batches,
+        rloo_advantages,
+        shape,
+        update,
+    )
     from rl.trl_bridge import peft_config
 
     t = TrainConfig.model_validate(
-        {"algorithm": "score", "lr": 2e-4, "score": {"stage1_steps": 6, "stage2_steps": 18}}
+        {"algorithm": "score", "lr": 2e-4, "score": {"stage1_steps": 6, "stage2_steps": 18, "micro_batch": micro_batch}}
     )
     dtype = getattr(torch, dtype_name)
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
@@ -75,15 +86,19 @@ def run(dtype_name: str, model_path: str, eps_count: int, tokens: int, repeats: 
     seqs = {j: [a.sequence for a in attempts[j]] for j in (1, 2)}
     times: dict[str, list[float]] = {"kl_in_reward": [], "loss_backward": [], "optimizer": [], "bare_fwd_bwd": []}
     for _ in range(repeats + 1):  # the first round warms up
-        started = time.perf_counter()
-        penalties, cache = kl_in_reward(policy, seqs, s, workers)
-        t1 = time.perf_counter()
-        rewards = shape(batch, 2, s)
-        beta = betas(s, 2)
-        rewards = {j: [r - beta[j] * p for r, p in zip(rewards[j], penalties[j], strict=True)] for j in (1, 2)}
-        adv = {j: rloo_advantages(rewards[j], [e.prompt_id for e in batch]) for j in (1, 2)}
+        kl_s = backward_s = 0.0  # each attempt in turn, as rl.score_step.train_step takes them
+        rewards, beta = shape(batch, 2, s), betas(s, 2)
         model.train()
-        backward(policy, attempts, adv, beta, s, workers, cache)
+        for j in (1, 2):
+            started = time.perf_counter()
+            batches = micro_batches(seqs[j], workers, s.micro_batch)
+            penalties, forwards = kl_in_reward(policy, seqs[j], batches, workers)
+            kl_s += time.perf_counter() - started
+            started = time.perf_counter()
+            rewards[j] = [r - beta[j] * p for r, p in zip(rewards[j], penalties, strict=True)]
+            adv = rloo_advantages(rewards[j], [e.prompt_id for e in batch])
+            backward(policy, attempts[j], batches, adv, beta[j], s, forwards)
+            backward_s += time.perf_counter() - started
         t2 = time.perf_counter()
         update(policy, opt, t.max_grad_norm, workers)
         t3 = time.perf_counter()
@@ -93,7 +108,7 @@ def run(dtype_name: str, model_path: str, eps_count: int, tokens: int, repeats: 
                 (logp * mask).sum().backward()
         opt.zero_grad(set_to_none=True)
         t4 = time.perf_counter()
-        for key, value in zip(times, (t1 - started, t2 - t1, t3 - t2, t4 - t3), strict=True):
+        for key, value in zip(times, (kl_s, backward_s, t3 - t2, t4 - t3), strict=True):
             times[key].append(value)
     mean = {k: sum(v[1:]) / repeats for k, v in times.items()}
     head = base.get_output_embeddings().weight.numel()  # tied to the embedding, which is no matmul
@@ -101,14 +116,17 @@ def run(dtype_name: str, model_path: str, eps_count: int, tokens: int, repeats: 
     tokens_total = sum(len(x) + len(y) for j in (1, 2) for x, y in seqs[j])
     completion = sum(len(y) for j in (1, 2) for _, y in seqs[j])  # the head runs where completion tokens are
     update_s = mean["kl_in_reward"] + mean["loss_backward"] + mean["optimizer"]
-    # 2 flops a weight a token per forward: policy and reference in the KL pass, policy in the loss pass, and its
-    # backward to the inputs (LoRA: the frozen weights get no gradient of their own; the adapter's are small)
-    flops = 4 * 2 * (body * tokens_total + head * completion)
+    # 2 flops a weight a token per forward: the reference's, the policy's (twice where an attempt takes more than
+    # one micro-batch: without a gradient for the penalty, then for the loss), and the backward to the inputs
+    # (LoRA: the frozen weights get no gradient of their own; the adapter's are small)
+    passes = 3 if eps_count <= micro_batch else 4
+    flops = passes * 2 * (body * tokens_total + head * completion)
     return {
         "dtype": dtype_name,
         **{f"{k}_s": round(v, 2) for k, v in mean.items()},
         "update_s": round(update_s, 2),
         "tokens": tokens_total,
+        "micro_batch": micro_batch,
         "gflops": round(flops / update_s / 1e9, 1),
         "matmul_peak_gflops": round(matmul_gflops(dtype), 1),
     }
@@ -121,6 +139,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--micro-batch", type=int, default=16, help="sequences per forward (train.score.micro_batch)")
     parser.add_argument("--dtype", help=argparse.SUPPRESS)  # one dtype, in a process of its own
     args = parser.parse_args()
     if args.dtype:
@@ -130,7 +149,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         path = resolve_model(args.model, str(Path("~/.cache/selfcorrect/models").expanduser()))
-        row = run(args.dtype, path, args.episodes, args.tokens, args.repeats)
+        row = run(args.dtype, path, args.episodes, args.tokens, args.repeats, args.micro_batch)
         print(json.dumps(row))
         return
     flags = subprocess.run("lscpu | grep -o -E 'amx_bf16|avx512_bf16' | sort -u", shell=True, capture_output=True,

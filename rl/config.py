@@ -174,7 +174,11 @@ class ScoreConfig(Strict):
     )
     tis_cap: float = Field(2.0, ge=1, description="the cap of the truncated importance weight (veRL's default)")
     dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
-    micro_batch: int = Field(4, ge=1, description="sequences per forward pass")
+    micro_batch: int = Field(
+        4, ge=1,
+        description="sequences per forward pass; where a worker's share of an attempt fits in one, kl_in: reward "
+        "takes the KL penalty from the forward the loss backpropagates through (one policy forward, not two)",
+    )
     max_policy_lag: int = Field(1, ge=0, description="updates a rollout's weights may be behind the trainer's")
     overlap: bool = Field(
         False, description="sample the next batch while training on this one (needs max_policy_lag >= 1)"

@@ -1,5 +1,6 @@
-"""One SCoRe update, in named phases: shaping -> the KL in the reward (when ``kl_in: reward``) ->
-advantages -> each micro-batch's log-probs, KL and loss, backward -> the optimizer step.
+"""One SCoRe update, in named phases: shaping, then for each attempt in turn the KL in the reward (when
+``kl_in: reward``) -> advantages -> each micro-batch's log-probs, KL and loss, backward; then the optimizer
+step.
 
 Every worker holds the whole batch and takes every ``world``-th episode; gradients and the step's sums are
 added up over the workers before the one optimizer step, so W workers train exactly as one would. The
@@ -158,25 +159,35 @@ def prompts_with_signal(episodes: list[Episode], stage: int, s: ScoreConfig) -> 
     return list(out)
 
 
+# a micro-batch's (logp, mask, entropy, ref_logp); the first three None where only the reference's is kept
+Forward = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor]
+
+
 def kl_in_reward(
-    policy: Policy, seqs: dict[int, list[Sequence]], s: ScoreConfig, workers: Workers
-) -> tuple[dict[int, list[float]], dict[tuple[int, int], torch.Tensor]]:
-    """Phase 2 (``kl_in: reward``): each sequence's KL penalty sum_t (logp - ref_logp), before beta; and the
-    reference's log-probs of each micro-batch (attempt, first index), which the loss phase needs again."""
-    penalties, ref_cache = {}, {}
-    for j in (1, 2):
-        pen = [0.0] * len(seqs[j])
-        with torch.no_grad():
-            for idx in micro_batches(seqs[j], workers, s.micro_batch):
-                part = [seqs[j][i] for i in idx]
-                logp, mask, _ = policy.logprobs(part)
-                ref_cache[j, idx[0]] = ref_logp = policy.ref_logprobs(part)
-                for i, v in zip(idx, kl_penalty(logp, ref_logp, mask).tolist(), strict=True):
-                    pen[i] = v
-        if workers.world > 1:
-            pen = workers.sum(torch.tensor(pen), policy.device).tolist()
-        penalties[j] = pen
-    return penalties, ref_cache
+    policy: Policy, seqs: list[Sequence], batches: list[list[int]], workers: Workers
+) -> tuple[list[float], dict[int, Forward]]:
+    """Phase 2 (``kl_in: reward``), for one attempt: each sequence's KL penalty sum_t (logp - ref_logp),
+    before beta, and each micro-batch's forward (by its first index), which the loss phase reuses.
+
+    Where this worker's share is one micro-batch, the policy's forward is taken with its gradient and the
+    loss phase backpropagates through it: one policy forward an attempt instead of two (the penalty only
+    needs its values). Otherwise the forwards are taken without a gradient and only the reference's is kept,
+    so no more than one micro-batch's activations are ever held.
+    """
+    pen = [0.0] * len(seqs)
+    keep = len(batches) == 1
+    forwards: dict[int, Forward] = {}
+    for idx in batches:
+        part = [seqs[i] for i in idx]
+        with contextlib.nullcontext() if keep else torch.no_grad():
+            logp, mask, ent = policy.logprobs(part, entropy=keep)
+        ref_logp = policy.ref_logprobs(part)
+        forwards[idx[0]] = (logp, mask, ent, ref_logp) if keep else (None, None, None, ref_logp)
+        for i, v in zip(idx, kl_penalty(logp.detach(), ref_logp, mask).tolist(), strict=True):
+            pen[i] = v
+    if workers.world > 1:
+        pen = workers.sum(torch.tensor(pen), policy.device).tolist()
+    return pen, forwards
 
 
 def engine_logprobs(attempts: list[Attempt], mask: torch.Tensor) -> torch.Tensor:
@@ -191,41 +202,39 @@ def engine_logprobs(attempts: list[Attempt], mask: torch.Tensor) -> torch.Tensor
 
 
 def backward(
-    policy: Policy, attempts: dict[int, list[Attempt]], advantages: dict[int, list[float]], beta: dict[int, float],
-    s: ScoreConfig, workers: Workers, ref_cache: dict[tuple[int, int], torch.Tensor] | None = None,
+    policy: Policy, attempts: list[Attempt], batches: list[list[int]], advantages: list[float], beta: float,
+    s: ScoreConfig, forwards: dict[int, Forward] | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """Phase 4: each micro-batch's log-probs, KL and loss (each token weighted by its truncated importance
-    weight with ``importance: tis``), backward; returns this worker's sums, float64: per attempt
-    (policy-gradient loss, KL estimate, entropy, tokens)."""
-    sums = torch.zeros(8, dtype=torch.float64)  # pg1, kl1, ent1, tok1, pg2, kl2, ent2, tok2
-    episodes = len(attempts[1])
-    for j in (1, 2):
-        tokens = sum(len(a.tokens) for a in attempts[j])
-        denom = float(max(1, tokens if s.loss_agg == "token_mean" else episodes))
-        for idx in micro_batches([a.sequence for a in attempts[j]], workers, s.micro_batch):
-            part = [attempts[j][i] for i in idx]
-            if not any(a.tokens for a in part):
-                continue
-            seqs = [a.sequence for a in part]
+    """Phase 4, for one attempt: each micro-batch's log-probs (or the forward ``kl_in_reward`` kept), KL and
+    loss (each token weighted by its truncated importance weight with ``importance: tis``), backward; returns
+    this worker's sums, float64: (policy-gradient loss, KL estimate, entropy, tokens)."""
+    sums = torch.zeros(4, dtype=torch.float64)
+    tokens = sum(len(a.tokens) for a in attempts)
+    denom = float(max(1, tokens if s.loss_agg == "token_mean" else len(attempts)))
+    for idx in batches:
+        part = [attempts[i] for i in idx]
+        if not any(a.tokens for a in part):
+            continue
+        seqs = [a.sequence for a in part]
+        logp, mask, ent, ref_logp = (forwards or {}).get(idx[0], (None, None, None, None))
+        if logp is None:
             logp, mask, ent = policy.logprobs(seqs, entropy=True)
-            ref_logp = (ref_cache or {}).get((j, idx[0]))
-            if ref_logp is None:
-                ref_logp = policy.ref_logprobs(seqs)
-            weights = None
-            if s.importance == "tis":
-                weights = truncated_importance_weights(logp, engine_logprobs(part, mask), mask, s.tis_cap)
-            adv = torch.tensor([advantages[j][i] for i in idx], dtype=torch.float32, device=policy.device)
-            loss, pg, _ = policy_loss(
-                logp, ref_logp, mask, adv, beta[j], estimator=s.kl_estimator, kl_in_loss=s.kl_in == "loss",
-                agg=s.loss_agg, denominator=denom, weights=weights,
-            )  # fmt: skip
-            loss.backward()
-            with torch.no_grad():
-                k = 4 * (j - 1)
-                sums[k] += float(pg)
-                sums[k + 1] += float((kl_estimate(logp, ref_logp, s.kl_estimator) * mask).sum())
-                sums[k + 2] += float((ent * mask).sum())
-                sums[k + 3] += float(mask.sum())
+        if ref_logp is None:
+            ref_logp = policy.ref_logprobs(seqs)
+        weights = None
+        if s.importance == "tis":
+            weights = truncated_importance_weights(logp, engine_logprobs(part, mask), mask, s.tis_cap)
+        adv = torch.tensor([advantages[i] for i in idx], dtype=torch.float32, device=policy.device)
+        loss, pg, _ = policy_loss(
+            logp, ref_logp, mask, adv, beta, estimator=s.kl_estimator, kl_in_loss=s.kl_in == "loss",
+            agg=s.loss_agg, denominator=denom, weights=weights,
+        )  # fmt: skip
+        loss.backward()
+        with torch.no_grad():
+            sums[0] += float(pg)
+            sums[1] += float((kl_estimate(logp, ref_logp, s.kl_estimator) * mask).sum())
+            sums[2] += float((ent * mask).sum())
+            sums[3] += float(mask.sum())
     return sums
 
 
@@ -242,20 +251,29 @@ def update(policy: Policy, optimizer: Any, max_grad_norm: float, workers: Worker
 def train_step(
     policy: Policy, optimizer: Any, batch: list[Episode], stage: int, t: TrainConfig, workers: Workers = Workers()
 ) -> StepStats:
-    """One SCoRe update on the judged, unflagged episodes of ``batch`` (every worker holds the whole batch)."""
+    """One SCoRe update on the judged, unflagged episodes of ``batch`` (every worker holds the whole batch).
+
+    An attempt's advantages depend on its own rewards only, so each attempt goes through the phases in turn
+    and its activations are freed before the next one's forward."""
     s = t.score
     episodes = [e for e in batch if not e.flagged]
     beta = betas(s, stage)
-    attempts = {j: [e.attempt(j) for e in episodes] for j in (1, 2)}
-    seqs = {j: [a.sequence for a in attempts[j]] for j in (1, 2)}
     rewards = shape(episodes, stage, s)
-    penalties, ref_cache = kl_in_reward(policy, seqs, s, workers) if s.kl_in == "reward" else (None, None)
-    if penalties is not None:  # R_j -= beta_j * sum_t (logp - ref_logp)
-        rewards = {j: [r - beta[j] * p for r, p in zip(rewards[j], penalties[j], strict=True)] for j in (1, 2)}
     groups = [e.prompt_id for e in episodes]
-    advantages = {j: rloo_advantages(rewards[j], groups, s.baseline) for j in (1, 2)}
+    penalties: dict[int, list[float]] = {}
+    parts = []
     policy.model.train()
-    sums = workers.sum(backward(policy, attempts, advantages, beta, s, workers, ref_cache), policy.device)
+    for j in (1, 2):
+        attempts = [e.attempt(j) for e in episodes]
+        seqs = [a.sequence for a in attempts]
+        batches = micro_batches(seqs, workers, s.micro_batch)
+        forwards = None
+        if s.kl_in == "reward":  # R_j -= beta_j * sum_t (logp - ref_logp)
+            penalties[j], forwards = kl_in_reward(policy, seqs, batches, workers)
+            rewards[j] = [r - beta[j] * p for r, p in zip(rewards[j], penalties[j], strict=True)]
+        advantages = rloo_advantages(rewards[j], groups, s.baseline)
+        parts.append(backward(policy, attempts, batches, advantages, beta[j], s, forwards))
+    sums = workers.sum(torch.cat(parts), policy.device)
     learning_rate = float(optimizer.param_groups[0]["lr"])
     grad_norm = update(policy, optimizer, t.max_grad_norm, workers)
     pg1, kl1, ent1, tok1, pg2, kl2, ent2, tok2 = sums.tolist()

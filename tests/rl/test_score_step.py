@@ -47,6 +47,10 @@ PINNED = {
         },
     ),
 }  # fmt: skip
+# All six episodes in one micro-batch: the penalty comes from the forward the loss backpropagates through,
+# not from a pass of its own; the step is the same.
+_settings, _stage, _want = PINNED["stage1_k1_reward"]
+PINNED["stage1_k1_reward_one_pass"] = ({**_settings, "micro_batch": 8}, _stage, _want)
 
 
 def _policy(path):
