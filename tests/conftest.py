@@ -141,7 +141,8 @@ def pytest_collection_modifyitems(config, items):
     import torch
 
     here = Path(__file__).parent
-    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.relative_to(here).as_posix(), 0))
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.relative_to(here).as_posix(), 0)
+               if item.path.is_relative_to(here) else 0)
 
     if torch.cuda.is_available():
         return
