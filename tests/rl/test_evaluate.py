@@ -21,7 +21,7 @@ from rl import metrics
 from rl.evaluate import EvalInputError, resolve_labels
 
 ROOT = Path(__file__).parents[2]
-PROMPTS = 6
+PROMPTS = 12  # one shard each: enough that the second model cannot write them all between two polls
 
 
 def base_args(run_dir, model, *extra):
@@ -121,7 +121,7 @@ def test_two_models_killed_mid_way_resume_exactly_once(tmp_path, tiny_model_dir,
     while not shards(ev / "two" / "generate"):
         assert p.poll() is None, (tmp_path / "eval.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "kill point never reached"
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert len(shards(ev / "two" / "generate")) < PROMPTS, "the run finished before the kill; the test proves nothing"
