@@ -10,6 +10,7 @@ maths is ``rl.score_math``'s; the log-probabilities ``rl.logprobs``'.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from statistics import fmean
@@ -248,6 +249,35 @@ def update(policy: Policy, optimizer: Any, max_grad_norm: float, workers: Worker
     return grad_norm
 
 
+@contextlib.contextmanager
+def _timed(timing: dict[str, float] | None, phase: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    if timing is not None:
+        timing[phase] = timing.get(phase, 0.0) + time.perf_counter() - started
+
+
+def attempt_update(
+    policy: Policy, attempts: list[Attempt], rewards: list[float], groups: list[str], beta: float, s: ScoreConfig,
+    workers: Workers, timing: dict[str, float] | None = None,
+) -> tuple[torch.Tensor, list[float] | None, list[float]]:  # fmt: skip
+    """Phases 2-4 for one attempt: the KL penalty in the reward (``kl_in: reward``), RLOO advantages, the
+    loss and its backward. Returns this worker's sums (``backward``'s), the penalties (None with the KL in
+    the loss) and the rewards less the penalty. ``timing`` adds up the seconds of the phases ``kl_in_reward``
+    and ``loss_backward``."""
+    seqs = [a.sequence for a in attempts]
+    batches = micro_batches(seqs, workers, s.micro_batch)
+    penalties, forwards = None, None
+    with _timed(timing, "kl_in_reward"):
+        if s.kl_in == "reward":  # R_j -= beta_j * sum_t (logp - ref_logp)
+            penalties, forwards = kl_in_reward(policy, seqs, batches, workers)
+            rewards = [r - beta * p for r, p in zip(rewards, penalties, strict=True)]
+    with _timed(timing, "loss_backward"):
+        advantages = rloo_advantages(rewards, groups, s.baseline)
+        sums = backward(policy, attempts, batches, advantages, beta, s, forwards)
+    return sums, penalties, rewards
+
+
 def train_step(
     policy: Policy, optimizer: Any, batch: list[Episode], stage: int, t: TrainConfig, workers: Workers = Workers()
 ) -> StepStats:
@@ -265,14 +295,10 @@ def train_step(
     policy.model.train()
     for j in (1, 2):
         attempts = [e.attempt(j) for e in episodes]
-        seqs = [a.sequence for a in attempts]
-        batches = micro_batches(seqs, workers, s.micro_batch)
-        forwards = None
-        if s.kl_in == "reward":  # R_j -= beta_j * sum_t (logp - ref_logp)
-            penalties[j], forwards = kl_in_reward(policy, seqs, batches, workers)
-            rewards[j] = [r - beta[j] * p for r, p in zip(rewards[j], penalties[j], strict=True)]
-        advantages = rloo_advantages(rewards[j], groups, s.baseline)
-        parts.append(backward(policy, attempts, batches, advantages, beta[j], s, forwards))
+        sums, penalty, rewards[j] = attempt_update(policy, attempts, rewards[j], groups, beta[j], s, workers)
+        parts.append(sums)
+        if penalty is not None:
+            penalties[j] = penalty
     sums = workers.sum(torch.cat(parts), policy.device)
     learning_rate = float(optimizer.param_groups[0]["lr"])
     grad_norm = update(policy, optimizer, t.max_grad_norm, workers)
