@@ -4,9 +4,8 @@ One `ray start --head` and a second node joined with `ray start --address` (its 
 session) serve the module; jobs go in through `selfcorrect submit`, as a user on a cluster sends them.
 The generate job meets, in one run: its driver stopped (then the same job submitted again), an engine
 actor SIGKILLed, and the second node lost (every process of it SIGKILLed at once) while its actor holds a
-shard; the train job loses a Ray
-Train worker to SIGKILL. After each: every record exactly once, the stage finished, no checkpointed
-step trained twice.
+shard; the train job loses a Ray Train worker to SIGKILL. After each: every record exactly once, the
+stage finished, no checkpointed step trained twice.
 
 Figures (records expected/found, duplicates, seconds from each fault to the next record, the whole
 stage) are printed and, when ``SELFCORRECT_FAULT_FIGURES`` names a file, appended to it as JSON lines.
@@ -40,7 +39,7 @@ from rl.config import BuildConfig
 ROOT = Path(__file__).parents[2]
 PROMPTS = 16
 PAIRS = 48  # 12 optimizer steps of 4 pairs (2 workers x batch 1 x grad_accum 2): the kill, 2.5 s after the
-# first checkpoint, lands with steps to spare (it came after step 4 or 5 of 8)
+# first checkpoint, lands with steps to spare (with 8 it came after step 4, 5 or 6)
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # Two nodes on one host share its cores, which separate machines would not: each vLLM CPU engine binds
 # its OpenMP threads to every core by default, and an engine starting beside one that serves waits
