@@ -236,6 +236,9 @@ def test_a_stage_failing_within_run_names_run_to_go_on(tmp_path):
     hint = _failure_hint(cfg, STAGES["build"], in_run, ["c.yaml", "run_dir=x y"])
     assert hint == ("the generate and judge outputs are intact: `selfcorrect run c.yaml 'run_dir=x y'` "
                     "goes on from the build (finished stages are skipped)")
+    # a run cut short with --until: going on stops there too
+    hint = _failure_hint(cfg, STAGES["build"], in_run[:4], ["c.yaml"])
+    assert hint.endswith("`selfcorrect run --until train c.yaml` goes on from the build (finished stages are skipped)")
     hint = _failure_hint(cfg, STAGES["train"], [STAGES["train"]], ["c.yaml"])
     assert hint == ("the generate and judge outputs are intact: `selfcorrect train c.yaml` "
                     "takes up the train where it stopped")
