@@ -42,6 +42,7 @@ import json
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import stat
@@ -149,6 +150,21 @@ def _tail(f, size: int = 1000) -> str:
     return f.read().decode(errors="replace")
 
 
+def _wait(proc: subprocess.Popen, timeout: float) -> int:
+    """``proc.wait(timeout)`` without its polling: on POSIX that sleeps in steps growing to 50 ms, which
+    added about 50 ms to a 70 ms run. A pidfd becomes readable the moment the process exits (Linux 5.3+)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # another OS, an older kernel
+        return proc.wait(timeout=timeout)
+    try:
+        if not select.select([fd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(fd)
+    return proc.wait()
+
+
 def _killpg(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -208,7 +224,7 @@ def _run(source: str, limits: SandboxLimits, mode: str) -> Outcome:
                 for fd in (token_r, result_w, setup_w):
                     os.close(fd)
             try:
-                rc = proc.wait(timeout=limits.timeout_s)
+                rc = _wait(proc, limits.timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
                 _killpg(proc.pid)  # the init dies with its group, and the namespace with it
