@@ -1,5 +1,6 @@
 """The command's terminal: progress bars and summary lines only; everything the libraries and their
-processes print goes to RUN_DIR/logs/ — unless -v."""
+processes print goes to RUN_DIR/logs/ — unless -v. On real runs: the quiet terminal of every stage is
+tests/cluster/test_run_cli.py's, -v tests/datagen/test_generate_cli.py's."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-
-import pytest
 
 from cluster.console import summarize
 
@@ -94,33 +93,3 @@ def test_summary_lines():
     assert summarize("eval", {"models": 2, "seconds": 12.3456, "x": [1]}) == "eval: models 2, seconds 12.3"
     assert summarize("export", {"pairs": 3, "path": "/x"}) == "export: pairs 3, path /x"
     assert summarize("train", {"steps": 3}) == "train: steps 3"
-
-
-@pytest.mark.slow
-def test_generate_prints_a_bar_and_a_line_and_with_v_everything(tmp_path, tiny_model_dir):
-    run_dir = tmp_path / "run"
-    argv = [
-        sys.executable, "-m", "cluster.cli", "generate", str(ROOT / "configs/quickstart.yaml"),
-        f"run_dir={run_dir}", f"model={tiny_model_dir}", "prompts.limit=2", "generate.n=1",
-        "generate.max_tokens=4", "generate.engine.max_model_len=512", "ray.num_cpus=2",
-        "ray.include_dashboard=false",
-    ]
-    code, out, err = _run(argv, 900)
-    assert code == 0, err[-3000:]
-    lines = err.rstrip("\n").split("\n")
-    assert len(lines) == 3, err  # where Ray runs, the bar, the summary
-    assert lines[0].startswith("ray: started a local Ray") and lines[2].startswith("generate: 2 prompts -> 2 samples")
-    assert not any(n in err for n in NOISE), err
-    assert out == ""
-    logs = run_dir / "logs"
-    assert "Started a local Ray instance" in (logs / "driver.log").read_text()
-    workers = "".join(p.read_text(errors="replace") for p in (logs / "ray").glob("session_*/worker-*"))
-    assert "vLLM" in workers or "vllm" in workers  # the engine's own output, kept with the run
-    assert (run_dir / "config.yaml").exists()
-
-    code, out, err = _run([*argv, "--overwrite", "-v"], 900)
-    assert code == 0, err[-3000:]
-    assert "pid=" in err and "WARNING" in err  # Ray's workers and vLLM, on the terminal
-    # the engine's own lines (its config, its load), which the quiet run kept in the log
-    assert "vllm" in "".join(line.lower() for line in err.splitlines() if "pid=" in line), err
-    assert err.count("\n") > len(lines), err

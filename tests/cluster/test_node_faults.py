@@ -1,4 +1,4 @@
-"""Faults on a real two-node Ray cluster, with run_dir on local disk and on an S3-compatible server.
+"""Faults on a real two-node Ray cluster, with run_dir on an S3-compatible server.
 
 One `ray start --head` and a second node joined with `ray start --address` (its own ports, the head's
 session) serve the module; jobs go in through `selfcorrect submit`, as a user on a cluster sends them.
@@ -89,10 +89,12 @@ def cluster(tmp_path_factory, s3_url):
     storage._s3.cache_clear()
 
 
-@pytest.fixture(params=["local", "s3"])
-def run_dir(request, tmp_path) -> str:
-    if request.param == "local":
-        return str(tmp_path / "run")
+@pytest.fixture
+def run_dir(request) -> str:
+    """On S3 only: the bucket is the harder store (listing, no rename, a local mirror for the workers' logs).
+    On local disk, generate is SIGKILLed at any point in tests/datagen/test_generate_cli.py. A trainer resumes
+    from Ray Train's checkpoint as a local directory wherever it is stored; where, differs in one line
+    (rl/raytrain.py's ``_storage_args``)."""
     return f"s3://{BUCKET}/" + re.sub(r"\W+", "-", request.node.name) + "/run"
 
 
@@ -176,7 +178,6 @@ def report(figures: dict) -> None:
 
 @pytest.mark.slow
 def test_generate_survives_a_stopped_driver_a_killed_engine_actor_and_a_lost_node(cluster, run_dir, tiny_model_dir):
-    storage_kind = "s3" if run_dir.startswith("s3://") else "local"
     out = StageDir(f"{run_dir}/generate")
     overrides = [
         f"run_dir={run_dir}", f"model={tiny_model_dir}", f"prompts.limit={PROMPTS}", "generate.n=2",
@@ -237,16 +238,16 @@ def test_generate_survives_a_stopped_driver_a_killed_engine_actor_and_a_lost_nod
     keys = list(zip(table["prompt_id"].to_pylist(), table["sample_idx"].to_pylist(), strict=True))
     expected = PROMPTS * 2
     report({
-        "stage": "generate", "storage": storage_kind, "faults": ["driver_stopped", *order],
+        "stage": "generate", "storage": "s3", "faults": ["driver_stopped", *order],
         "records_expected": expected, "records_found": len(set(keys)), "duplicates": len(keys) - len(set(keys)),
         "recovery_s": {k: round(v, 1) for k, v in recovery.items()}, "stage_s": round(seconds, 1),
     })
     assert out.done() and len(keys) == len(set(keys)) == expected
     assert None not in table["attempt2"].to_pylist()
     assert out.summary()["samples"] == expected
-    if storage_kind == "local":  # a finished run submitted again finds it done
-        state, logs = wait_job(cluster, submit(cluster, "generate", overrides))
-        assert state == "SUCCEEDED" and "done already" in logs, logs[-3000:]
+    # a finished run submitted again finds it done
+    state, logs = wait_job(cluster, submit(cluster, "generate", overrides))
+    assert state == "SUCCEEDED" and "done already" in logs, logs[-3000:]
 
 
 # --- train ------------------------------------------------------------------------------------------
@@ -277,7 +278,6 @@ def sample_log(folder: Path) -> dict[int, list[tuple[int, list[tuple[int, list[s
 
 @pytest.mark.slow
 def test_train_worker_killed_resumes_from_the_last_checkpoint(cluster, run_dir, tiny_model_dir):
-    storage_kind = "s3" if run_dir.startswith("s3://") else "local"
     rows = _rl_rows()
     # PAIRS / 2 prompts x 2 pairs (a prompt's pairs share a step): 4 pairs per optimizer step over 2 workers
     judged = rows.write_judged(f"{run_dir}/judge", [
@@ -287,7 +287,7 @@ def test_train_worker_killed_resumes_from_the_last_checkpoint(cluster, run_dir, 
     ])
     run_build(BuildConfig(), judged, StageDir(f"{run_dir}/build"), echo=False)
     out = StageDir(f"{run_dir}/train")
-    # where the workers append their logs: the stage dir, or its local mirror when that is on S3
+    # where the workers append their logs: the stage's local mirror
     local = storage.local_cache(out.path.parent, "train")
     overrides = [
         f"run_dir={run_dir}", f"model={tiny_model_dir}", "train.num_workers=2", "train.batch_size=1",
@@ -340,7 +340,7 @@ def test_train_worker_killed_resumes_from_the_last_checkpoint(cluster, run_dir, 
              for r, attempts in log.items()}
     metrics = [json.loads(x)["step"] for x in storage.read_bytes(out.path / "metrics.jsonl").decode().splitlines()]
     report({
-        "stage": "train", "storage": storage_kind, "faults": ["train_worker_killed"], "killed_after_step": at,
+        "stage": "train", "storage": "s3", "faults": ["train_worker_killed"], "killed_after_step": at,
         "resumed_from_step": resumed_from, "records_expected": len(expected), "records_found": len(set(seen)),
         "duplicates": len(seen) - len(set(seen)), "recovery_s": {"train_worker_killed": round(resumed, 1)},
         "stage_s": round(seconds, 1),
@@ -357,3 +357,7 @@ def test_train_worker_killed_resumes_from_the_last_checkpoint(cluster, run_dir, 
         assert set(Counter(i.split(":")[0] for r in (0, 1) for i in final[(r, s)]).values()) == {2}
     history = json.loads(storage.read_bytes(out.path / "log_history.json"))
     assert math.isfinite(history[-1]["train_loss"])
+    # the trained model, its adapter and Ray Train's checkpoints are in the bucket
+    assert out.summary()["model"] == f"{run_dir}/train/model"
+    assert {"model", "adapter", "metrics.jsonl", "ray", "_stage.json"} <= set(storage.list_names(out.path))
+    assert storage.exists(out.path / "model" / "config.json") and checkpoints()

@@ -1,22 +1,20 @@
 """`selfcorrect` with run_dir on object storage, against a real S3-compatible server (moto's, over HTTP):
-generate -> judge -> build on real Ray and real vLLM, DPO and SCoRe training with their checkpoints in
-the bucket, eval of the trained model from the bucket, the report published there, and the refusals
-that come before any work."""
+generate -> judge -> build on real Ray and real vLLM, the report published there, and the refusals that
+come before any work. Training on S3 is tested where its trainer is killed and resumes from the bucket:
+DPO in tests/cluster/test_node_faults.py, SCoRe (then the eval of the trained model from the bucket and
+the report) in tests/rl/test_score.py."""
 
 import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 from s3_server import BUCKET, s3_env
 
 from cluster.cli import main
@@ -26,8 +24,6 @@ from datagen import storage
 from datagen.models import ModelNotFoundError, resolve_model
 from datagen.shards import StageDir
 from datagen.storage import StorageError
-from rl.build import run_build
-from rl.config import BuildConfig
 from rl.evaluate import EvalInputError, _weights_signature, check_weights
 from rl.export import run_export
 
@@ -147,15 +143,16 @@ def test_generate_judge_build_on_s3(s3_url, tiny_model_dir, tmp_path):
     env = {**os.environ, **s3_env(s3_url), "PYTHONPATH": str(ROOT), "RAY_TMPDIR": ray_tmp, "HOME": str(tmp_path)}
     env.pop("RAY_ADDRESS", None)
 
-    def cli(stage: str) -> str:
+    def cli(*command: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "cluster.cli", stage, *common], cwd=ROOT, env=env, capture_output=True, timeout=900
-        )
+            [sys.executable, "-m", "cluster.cli", *command, *common], cwd=ROOT, env=env, capture_output=True,
+            timeout=900,
+        )  # fmt: skip
         assert done.returncode == 0, done.stderr.decode()[-4000:]
         return done.stderr.decode()
 
     try:
-        err = cli("generate") + cli("judge") + cli("build")
+        err = cli("run", "--until", "build")  # the three stages in one process, as a user stops to look
         again = cli("generate")
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -165,6 +162,7 @@ def test_generate_judge_build_on_s3(s3_url, tiny_model_dir, tmp_path):
         storage._s3.cache_clear()
         gen, judged, built = (StageDir(f"{run}/{stage}") for stage in ("generate", "judge", "build"))
         assert gen.done() and judged.done() and built.done()
+        assert not StageDir(f"{run}/train").done()  # --until build: no further
         assert gen.completed_shards() == {0, 1} and judged.completed_shards() == {0, 1}
         rows = judged.read(columns=["prompt_id", "sample_idx", "verifier_score1"]).to_pylist()
         assert len({(r["prompt_id"], r["sample_idx"]) for r in rows}) == len(rows) == 8
@@ -177,6 +175,7 @@ def test_generate_judge_build_on_s3(s3_url, tiny_model_dir, tmp_path):
     logs = tmp_path / ".cache/selfcorrect/objects/s3" / BUCKET / "e2e/run/logs"
     assert f"logs: {logs}" in err and (logs / "driver.log").exists()
     assert "generate: done already" in again
+    assert f"run: stopped after build (--until); `selfcorrect run configs/quickstart.yaml run_dir={run}" in err
 
 
 def _load(name: str, path: Path):
@@ -184,152 +183,3 @@ def _load(name: str, path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _rl_rows():
-    return _load("rl_rows", ROOT / "tests" / "rl" / "rl_rows.py")
-
-
-@pytest.mark.slow
-def test_dpo_train_on_s3_checkpoints_and_model_land_in_the_bucket(s3, tiny_model_dir, tmp_path):
-    run = f"s3://{BUCKET}/train/run"
-    rows = _rl_rows()
-    judged = rows.write_judged(f"{run}/judge", rows.toy_scl_rows(4))
-    run_build(BuildConfig(), judged, StageDir(f"{run}/build"), echo=False)
-    ray_tmp = tempfile.mkdtemp(prefix="raytmp-")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": ray_tmp, "HOME": str(tmp_path)}
-    env.pop("RAY_ADDRESS", None)
-    argv = [
-        sys.executable, "-m", "cluster.cli", "train", "configs/quickstart.yaml", f"run_dir={run}",
-        f"model={tiny_model_dir}", "train.max_steps=2", "train.batch_size=4", "train.max_length=128",
-        "train.checkpoint_every=1", "ray.num_cpus=2", "ray.include_dashboard=false",
-    ]
-    try:
-        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, timeout=900)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert done.returncode == 0, done.stderr.decode()[-4000:]
-    out = StageDir(f"{run}/train")
-    summary = out.summary()
-    assert summary["steps"] == 2 and summary["model"] == f"{run}/train/model"
-    names = storage.list_names(out.path)
-    assert {"model", "adapter", "metrics.jsonl", "ray", "_stage.json"} <= set(names), names
-    assert storage.exists(storage.as_location(f"{run}/train/model/config.json"))
-    assert any(n.startswith("checkpoint_") for n in storage.list_names(out.path / "ray"))  # Ray Train's, on S3
-    lines = storage.read_bytes(out.path / "metrics.jsonl").decode().splitlines()
-    assert [json.loads(x)["step"] for x in lines] == [1, 2]
-
-
-def _score_config(tmp_path: Path, run: str, model: Path) -> Path:
-    """SCoRe as tests/rl/test_score.py runs it (the parity judge moves a random model), 1 + 2 steps, then an
-    eval of the trained model alone: one engine for the rollouts, one for the eval."""
-    cfg = {
-        "run_dir": run,
-        "model": str(model),
-        "prompts": {"limit": 4, "max_operand": 9},
-        "generate": {
-            "max_tokens": 8,
-            "engine": {"dtype": "float32", "enforce_eager": True, "max_model_len": 512, "kv_cache_gib": 1},
-        },
-        "judges": {"parity": {"type": "tests.rl.score_judges:TextParity"}},
-        "ray": {"num_cpus": 2, "include_dashboard": False},
-        "train": {
-            "algorithm": "score",
-            "lr": 0.02,
-            "checkpoint_every": 1,
-            "log_every": 1,
-            "max_failures": 1,
-            "lora": {"r": 8, "alpha": 16},
-            "score": {"judge": "parity", "prompts_per_step": 2, "n": 2, "keep": "last",
-                      "stage1_steps": 1, "stage2_steps": 2},
-        },
-        "eval": {"models": {"trained": None}, "prompts": {"size": 2}, "max_tokens": 8},
-    }  # fmt: skip
-    path = tmp_path / "score.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-class _KillTrainer(threading.Thread):
-    """SIGKILLs the trainer worker once, after its first step (and the checkpoint it reports), as a crash would."""
-
-    def __init__(self, progress: Path):
-        super().__init__(daemon=True)
-        self.progress, self.killed, self.at, self.stop = progress, None, 0.0, threading.Event()
-
-    def run(self) -> None:
-        while self.killed is None and not self.stop.wait(0.2):
-            try:
-                pos = json.loads(self.progress.read_text())
-            except (OSError, ValueError):
-                continue
-            if pos["step"] >= 1:
-                time.sleep(3)  # past Ray Train's poll of the checkpoint just reported (2 s)
-                self.killed, self.at = pos["pid"], time.time()
-                os.kill(pos["pid"], signal.SIGKILL)
-
-
-@pytest.mark.slow
-def test_score_then_eval_and_report_on_s3_resume_from_the_bucket(s3_url, tiny_model_dir, tmp_path):
-    """`selfcorrect run` of a SCoRe config on S3: the trainer killed after step 1 resumes from its checkpoint
-    in the bucket; the eval loads the trained model from the bucket; the report is published there."""
-    run = f"s3://{BUCKET}/score/run"
-    config = _score_config(tmp_path, run, tiny_model_dir)
-    ray_tmp = tempfile.mkdtemp(prefix="raytmp-")
-    env = {**os.environ, **s3_env(s3_url), "PYTHONPATH": str(ROOT), "RAY_TMPDIR": ray_tmp, "HOME": str(tmp_path)}
-    env.pop("RAY_ADDRESS", None)
-    mirror = tmp_path / ".cache/selfcorrect/objects/s3" / BUCKET / "score/run"
-    killer = _KillTrainer(mirror / "train" / "_progress.json")
-    killer.start()
-
-    def cli() -> str:
-        done = subprocess.run([sys.executable, "-m", "cluster.cli", "run", str(config)], cwd=ROOT, env=env,
-                              capture_output=True, timeout=1200)  # fmt: skip
-        assert done.returncode == 0, done.stderr.decode()[-4000:]
-        return done.stderr.decode()
-
-    try:
-        cli()
-        killer.stop.set()
-        again = cli()
-    finally:
-        killer.stop.set()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert killer.killed is not None, "the trainer was never killed: the test proves nothing"
-    assert json.loads((mirror / "train" / "_progress.json").read_text())["pid"] != killer.killed
-    assert "train: done already" in again and "eval: done already" in again and f"report: {run}/report" in again
-
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in s3_env(s3_url).items():
-            mp.setenv(key, value)
-        storage._s3.cache_clear()
-        train = StageDir(f"{run}/train")
-        summary = train.summary()
-        assert summary["steps"] == 3 and summary["model"] == f"{run}/train/model"
-        assert summary["rollouts"] == f"{run}/train/rollouts"
-        assert any(n.startswith("checkpoint_") for n in storage.list_names(train.path / "ray"))
-        assert {"model", "adapter", "metrics.jsonl"} <= set(storage.list_names(train.path))
-        # every step once, its record and its rollouts in the bucket, the step before the kill included
-        log = [json.loads(x) for x in storage.read_bytes(train.path / "metrics.jsonl").decode().splitlines()]
-        assert [r["step"] for r in log] == [1, 2, 3] and [r["version"] for r in log] == [1, 2, 3]
-        rollouts = {name: t for name, _, t in storage.folder_files(train.path / "rollouts")}
-        assert sorted(rollouts) == [f"step-{i:06d}.parquet" for i in range(3)]
-        # step 1 was not trained again: the new trainer started from the checkpoint in the bucket
-        assert rollouts["step-000000.parquet"] < killer.at * 1e9
-        # 2 prompts x 2 episodes, and more prompts where dynamic sampling drew them
-        first = storage.read_table(train.path / "rollouts" / "step-000000.parquet")
-        assert first.num_rows == 2 * log[0]["prompts_drawn"]
-
-        metrics = storage.read_json(storage.as_location(f"{run}/eval/metrics.json"))
-        assert list(metrics["models"]) == ["trained"]
-        trained = metrics["models"]["trained"]
-        assert trained["model"] == f"{run}/train/model" and (trained["problems"], trained["samples"]) == (2, 2)
-        rows = StageDir(f"{run}/eval/trained/judge").read(columns=["prompt_id", "parity_score1"]).to_pylist()
-        assert len(rows) == 2
-        report = storage.read_bytes(storage.as_location(f"{run}/report/report.md")).decode()
-        assert "3 logged steps, last step 3" in report and "final reward_t1" in report
-        assert {"report.html", "accuracy.png", "training.png"} <= set(storage.list_names(storage.as_location(
-            f"{run}/report")))  # fmt: skip
-        storage._s3.cache_clear()
-    # the eval's engine loaded a local copy of the objects, made once
-    assert [p.name for p in (mirror / "train").glob("model@*")] != []

@@ -46,10 +46,17 @@ def test_run_every_stage_then_skip_them(tmp_path, tiny_model_dir):
     # The terminal gets a bar and a line per stage and the before/after table; the libraries' output
     # (vLLM, Ray, Ray Train, TRL) is in RUN_DIR/logs/.
     assert err.count("\n") <= 25 and first.stdout == b"", err
-    for noise in ("Traceback", "WARNING", "Warning", "pid="):
+    for noise in ("Traceback", "WARNING", "Warning", "INFO", "pid="):
         assert noise not in err, err
+    lines = err.rstrip("\n").split("\n")
+    assert lines[0].startswith("ray: started a local Ray"), err
+    assert any(line.startswith("generate: 4 prompts -> 12 samples") for line in lines), err
     assert f"report: {run_dir / 'report' / 'report.html'}" in err
-    assert (run_dir / "logs" / "driver.log").exists() and any((run_dir / "logs" / "ray").glob("session_*/worker-*"))
+    logs = run_dir / "logs"
+    assert "Started a local Ray instance" in (logs / "driver.log").read_text()
+    workers = "".join(p.read_text(errors="replace") for p in (logs / "ray").glob("session_*/worker-*"))
+    assert "vLLM" in workers or "vllm" in workers  # the engine's own output, kept with the run
+    assert (run_dir / "config.yaml").exists()
     judged = pads.dataset(str(run_dir / "judge"), format="parquet").to_table()
     assert judged.num_rows == 12 and judged["embedding_error"].to_pylist() == [""] * 12
     built = json.loads((run_dir / "build" / "_SUCCESS.json").read_text())
@@ -58,6 +65,9 @@ def test_run_every_stage_then_skip_them(tmp_path, tiny_model_dir):
     assert trained["steps"] == 2 and (run_dir / "train" / "model" / "config.json").exists()
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert list(metrics["models"]) == ["base", "trained"] and metrics["eval"]["problems"] == 2
+    # the trained model, merged, loaded and sampled by vLLM
+    trained = metrics["models"]["trained"]
+    assert Path(trained["model"]).parts[-2:] == ("train", "model") and trained["samples"] == 2
 
     again = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-4000:]

