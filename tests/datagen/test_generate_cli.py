@@ -47,12 +47,16 @@ def finish(proc, timeout=300):
     assert proc.wait(timeout=timeout) == 0
 
 
-def kill_when(proc, condition, timeout=300):
+def wait_while_running(proc, condition, timeout=300):
     deadline = time.monotonic() + timeout
     while not condition():
         assert proc.poll() is None, "the run ended before the kill point"
         assert time.monotonic() < deadline, "kill point never reached"
         time.sleep(0.05)
+
+
+def kill_when(proc, condition, timeout=300):
+    wait_while_running(proc, condition, timeout)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
@@ -135,16 +139,10 @@ def test_killed_at_any_point_then_restarted_gives_every_sample_exactly_once(refe
     # killed once it has written a shard. The actor must notice that process die and end itself; Ray starts
     # it again and the shard it held is retried.
     p = start(run_dir, tiny_model_dir, "generate.engine.multiprocessing=true")
-    deadline = time.monotonic() + 300
-
-    def wait(condition):
-        while not condition():
-            assert p.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-
-    wait(lambda: engine_cores(p.pid))
+    deadline = time.monotonic() + 300  # for both waits together
+    wait_while_running(p, lambda: engine_cores(p.pid))
     seen = len(shards(run_dir))  # counted with this run's engine up: a shard the killed run left landing is in
-    wait(lambda: len(shards(run_dir)) > seen)
+    wait_while_running(p, lambda: len(shards(run_dir)) > seen, deadline - time.monotonic())
     for core in engine_cores(p.pid):
         core.kill()  # a real crash of the vLLM engine process
     assert len(shards(run_dir)) < PROMPTS, "the run finished before the engine died; the test proves nothing"
