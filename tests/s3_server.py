@@ -11,8 +11,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vllm_server import free_port
+
+if TYPE_CHECKING:
+    import pyarrow.fs
 
 BUCKET = "runs"
 
@@ -28,11 +32,24 @@ def s3_env(url: str) -> dict[str, str]:
     }
 
 
+def s3_filesystem(url: str) -> pyarrow.fs.S3FileSystem:
+    """A client of the server at ``url`` for the test's own reads, apart from the code under test's."""
+    import pyarrow.fs as pafs
+
+    env = s3_env(url)
+    return pafs.S3FileSystem(
+        access_key=env["AWS_ACCESS_KEY_ID"],
+        secret_key=env["AWS_SECRET_ACCESS_KEY"],
+        region=env["AWS_REGION"],
+        endpoint_override=url.removeprefix("http://"),
+        scheme="http",
+        allow_bucket_creation=True,
+    )
+
+
 @contextlib.contextmanager
 def serve_s3(log: Path) -> Iterator[str]:
     """Start ``moto_server`` on a free port with the bucket ``BUCKET``; yield its URL; stop it."""
-    import pyarrow.fs as pafs
-
     port = free_port()
     server = Path(sys.executable).with_name("moto_server")
     with open(log, "ab") as out:
@@ -50,16 +67,7 @@ def serve_s3(log: Path) -> Iterator[str]:
                 break
             assert time.monotonic() < deadline, "moto_server did not start"
             time.sleep(0.1)
-        env = s3_env(f"http://127.0.0.1:{port}")
-        fs = pafs.S3FileSystem(
-            access_key=env["AWS_ACCESS_KEY_ID"],
-            secret_key=env["AWS_SECRET_ACCESS_KEY"],
-            region="us-east-1",
-            endpoint_override=f"127.0.0.1:{port}",
-            scheme="http",
-            allow_bucket_creation=True,
-        )
-        fs.create_dir(BUCKET)
+        s3_filesystem(f"http://127.0.0.1:{port}").create_dir(BUCKET)
         yield f"http://127.0.0.1:{port}"
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -18,13 +18,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import safetensors.torch
 import torch
 import yaml
-from s3_server import BUCKET, s3_env
+from s3_server import BUCKET, s3_env, s3_filesystem
 
 from datagen import storage
 from datagen.shards import StageDir
@@ -32,6 +34,9 @@ from rl.config import TrainConfig
 from rl.episodes import Attempt, Episode
 from rl.score_recipe import MISMATCH_LIMITS
 from rl.score_step import Policy, train_step
+
+if TYPE_CHECKING:
+    import pyarrow.fs
 
 ROOT = Path(__file__).parents[2]
 
@@ -77,11 +82,15 @@ def _cli(*args: str, timeout: int = 900, env: dict[str, str] | None = None) -> s
 
 class Killer(threading.Thread):
     """Follows RUN_DIR/train/_progress.json; SIGKILLs the rollout engine after ``engine_at`` steps and the
-    trainer worker after ``trainer_at`` steps, once each."""
+    trainer worker once ``checkpointed()`` (the step of the last checkpoint Ray Train has registered) reaches
+    ``trainer_at``, once each. The progress file is written before the step's checkpoint is uploaded, and the
+    upload and its registration take seconds more on a busy machine: a kill timed from the progress alone
+    may fairly resume from the step before."""
 
-    def __init__(self, progress: Path, engine_at: int, trainer_at: int):
+    def __init__(self, progress: Path, engine_at: int, trainer_at: int, checkpointed: Callable[[], int]):
         super().__init__(daemon=True)
         self.progress, self.engine_at, self.trainer_at = progress, engine_at, trainer_at
+        self.checkpointed = checkpointed
         self.killed: dict[str, int] = {}
         self.at: dict[str, float] = {}
         self.stop = threading.Event()
@@ -95,8 +104,8 @@ class Killer(threading.Thread):
             if pos["step"] >= self.engine_at and "engine" not in self.killed:
                 self.killed["engine"] = pos["engine_pids"][0]
                 os.kill(pos["engine_pids"][0], signal.SIGKILL)
-            if pos["step"] >= self.trainer_at and "trainer" not in self.killed:
-                time.sleep(3)  # past Ray Train's poll of the checkpoint just reported (2 s)
+            trainer_due = pos["step"] >= self.trainer_at and "trainer" not in self.killed
+            if trainer_due and self.checkpointed() >= self.trainer_at:
                 self.killed["trainer"], self.at["trainer"] = pos["pid"], time.time()
                 os.kill(pos["pid"], signal.SIGKILL)
 
@@ -111,7 +120,9 @@ def test_score_on_s3_survives_a_dead_engine_and_a_dead_trainer_then_eval_and_rep
     ray_tmp = tempfile.mkdtemp(prefix="raytmp-")  # short: Ray's socket paths go under it
     env = {**s3_env(s3_url), "RAY_TMPDIR": ray_tmp, "HOME": str(tmp_path)}
     mirror = tmp_path / ".cache/selfcorrect/objects/s3" / BUCKET / "score/run"  # the workers' local files
-    killer = Killer(mirror / "train" / "_progress.json", engine_at=1, trainer_at=3)
+    snapshot = f"{BUCKET}/score/run/train/ray/checkpoint_manager_snapshot.json"  # Ray Train's, on registering
+    killer = Killer(mirror / "train" / "_progress.json", engine_at=1, trainer_at=3,
+                    checkpointed=lambda: _registered_step(s3_filesystem(s3_url), snapshot))
     killer.start()
     try:
         proc = _cli("run", str(config), env=env)
@@ -139,6 +150,16 @@ def test_score_on_s3_survives_a_dead_engine_and_a_dead_trainer_then_eval_and_rep
             storage._s3.cache_clear()
     # the eval's engine loaded a local copy of the objects, made once
     assert [p.name for p in (mirror / "train").glob("model@*")] != []
+
+
+def _registered_step(fs: pyarrow.fs.FileSystem, snapshot: str) -> int:
+    """The ``step`` metric of the latest checkpoint in Ray Train's checkpoint-manager snapshot; 0 before one."""
+    try:
+        with fs.open_input_stream(snapshot) as f:
+            latest = json.loads(f.read())["latest_checkpoint_result"]
+    except (OSError, ValueError):
+        return 0
+    return latest["metrics"]["step"] if latest else 0
 
 
 def _check_score_run_on_s3(run: str, trainer_killed_at: float) -> None:
