@@ -38,8 +38,8 @@ from rl.config import BuildConfig
 
 ROOT = Path(__file__).parents[2]
 PROMPTS = 16
-PAIRS = 48  # 12 optimizer steps of 4 pairs (2 workers x batch 1 x grad_accum 2): the kill, 2.5 s after the
-# first checkpoint, lands with steps to spare (with 8 it came after step 4, 5 or 6)
+PAIRS = 48  # 12 optimizer steps of 4 pairs (2 workers x batch 1 x grad_accum 2): the kill, once the first
+# checkpoint is registered, lands with steps to spare (with 8 it came after step 4, 5 or 6)
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # Two nodes on one host share its cores, which separate machines would not: each vLLM CPU engine binds
 # its OpenMP threads to every core by default, and an engine starting beside one that serves waits
@@ -311,11 +311,18 @@ def test_train_worker_killed_resumes_from_the_last_checkpoint(cluster, run_dir, 
         except (FileNotFoundError, OSError):
             return []
 
+    def registered() -> bool:
+        """Ray Train has registered a checkpoint (its snapshot names one): a restart resumes from it. One on
+        storage alone may not be yet, and a kill then would fairly start again from step 0."""
+        try:
+            snapshot = json.loads(storage.read_bytes(out.path / "ray" / "checkpoint_manager_snapshot.json"))
+        except (FileNotFoundError, OSError, ValueError):
+            return False
+        return snapshot.get("latest_checkpoint_result") is not None
+
     started = time.monotonic()
     sid = submit(cluster, "train", overrides)
-    # after a checkpoint is on storage and Ray Train has had a poll (2 s) to register it
-    wait_for("a checkpoint", lambda: bool(checkpoints()), cluster, sid)
-    time.sleep(2.5)
+    wait_for("a registered checkpoint", registered, cluster, sid)
     victims = workers(node2, "RayTrainWorker") or workers(head, "RayTrainWorker")
     assert victims, "no Ray Train worker found"
     at = step()

@@ -121,8 +121,9 @@ def test_score_on_s3_survives_a_dead_engine_and_a_dead_trainer_then_eval_and_rep
     env = {**s3_env(s3_url), "RAY_TMPDIR": ray_tmp, "HOME": str(tmp_path)}
     mirror = tmp_path / ".cache/selfcorrect/objects/s3" / BUCKET / "score/run"  # the workers' local files
     snapshot = f"{BUCKET}/score/run/train/ray/checkpoint_manager_snapshot.json"  # Ray Train's, on registering
+    fs = s3_filesystem(s3_url)
     killer = Killer(mirror / "train" / "_progress.json", engine_at=1, trainer_at=3,
-                    checkpointed=lambda: _registered_step(s3_filesystem(s3_url), snapshot))
+                    checkpointed=lambda: _registered_step(fs, snapshot))
     killer.start()
     try:
         proc = _cli("run", str(config), env=env)
