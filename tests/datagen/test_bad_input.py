@@ -71,7 +71,12 @@ def test_folder_that_is_not_a_model(tmp_path, capsys):
 
 
 def test_unknown_hub_model_offline(tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # the hub reads the variable once, at import, and this process may have imported it already: without
+    # this it would try the network (some 20 s of retries where there is none) before giving up
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     code, err = run(tmp_path, capsys, model="nobody-here/no-such-model-xyz")
     assert code == 2 and "is not a built-in alias" in err
 
