@@ -15,7 +15,7 @@ import yaml
 from cluster import jobs, status
 from cluster.config import Config, ConfigError, load_config
 from cluster.console import LOG_DIR, Console, summarize
-from cluster.stages import STAGES, Stage, check_run_dir
+from cluster.stages import RUN_STAGES, STAGES, Stage, check_run_dir
 from datagen import progress
 from datagen.shards import atomic_write_bytes
 from datagen.storage import StorageError, as_location, makedirs
@@ -73,9 +73,6 @@ def _add_verbose(p: argparse.ArgumentParser) -> None:
     )
 
 
-_RUN_STAGES = [name for name, stage in STAGES.items() if stage.in_run]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfcorrect",
@@ -87,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run every stage in order, skipping finished ones")
     _add_config_args(p)
     p.add_argument("--overwrite", action="store_true", help="redo every stage, discarding its output")
-    p.add_argument("--until", metavar="STAGE", choices=_RUN_STAGES,
-                   help=f"stop after this stage, to look at its output first ({', '.join(_RUN_STAGES)})")
+    p.add_argument("--until", metavar="STAGE", choices=RUN_STAGES,
+                   help=f"stop after this stage, to look at its output first ({', '.join(RUN_STAGES)})")
     _add_verbose(p)
     for stage in STAGES.values():
         p = sub.add_parser(stage.name, help=stage.help)
@@ -125,7 +122,7 @@ def _failure_hint(cfg: Config, stage: Stage, stages: list[Stage], command: list[
         redo = shlex.join(["selfcorrect", stage.name, *command])
         verb = f"redoes only the {stage.name}" if stage.always else f"takes up the {stage.name} where it stopped"
     else:
-        until = ["--until", stages[-1].name] if stages[-1].name != _RUN_STAGES[-1] else []
+        until = ["--until", stages[-1].name] if stages[-1].name != RUN_STAGES[-1] else []
         redo = shlex.join(["selfcorrect", "run", *until, *command])
         verb = f"goes on from the {stage.name} (finished stages are skipped)"
     return f"{kept}`{redo}` {verb}"
@@ -228,7 +225,7 @@ def main(argv: list[str] | None = None, *, release_output: bool = True) -> int:
                 if name == args.until:
                     break
         _run_stages(cfg, [STAGES[n] for n in names], args.overwrite, console, [args.config, *args.overrides])
-        if getattr(args, "until", None) and args.until != _RUN_STAGES[-1]:
+        if getattr(args, "until", None) and args.until != RUN_STAGES[-1]:
             go_on = shlex.join(["selfcorrect", "run", args.config, *args.overrides])
             console.say(f"run: stopped after {args.until} (--until); `{go_on}` goes on from there")
     except StageFailed as e:

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from cluster.config import Config, ConfigError, load_config, parse_overrides
-from cluster.stages import STAGES
+from cluster.stages import RUN_STAGES, STAGES
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Never uploaded with the working directory: environments, run outputs, history and caches.
@@ -59,6 +59,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted-key overrides, YAML values")
     p.add_argument("--address", help=f"the Ray dashboard (job server) URL; default RAY_ADDRESS, else {DEFAULT_ADDRESS}")
     p.add_argument("--stage", default="run", choices=["run", *STAGES], help="what the job runs (default: run)")
+    p.add_argument("--until", metavar="STAGE", choices=RUN_STAGES,
+                   help=f"with --stage run: stop after this stage ({', '.join(RUN_STAGES)})")
     p.add_argument("--no-wait", action="store_true", help="submit and return without following the logs")
     p.add_argument("--working-dir", default=".", help="the directory uploaded as the job's code (default: .)")
     p.set_defaults(handler=submit_command)
@@ -114,8 +116,9 @@ def key_variables(tree: Any, path: str = "") -> dict[str, str]:
     return found
 
 
-def entrypoint(stage: str, config: str, overrides: list[str]) -> str:
-    return shlex.join(["python", "-m", "cluster.cli", stage, config, *overrides])
+def entrypoint(stage: str, config: str, overrides: list[str], until: str | None = None) -> str:
+    flags = ["--until", until] if until else []
+    return shlex.join(["python", "-m", "cluster.cli", stage, *flags, config, *overrides])
 
 
 def _raw_run_dir(config: Path, overrides: list[str]) -> str | None:
@@ -151,6 +154,8 @@ def client(address: str) -> Any:
 def prepare(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     """Check everything that can be checked here; return the config and ``submit_job``'s arguments."""
     cfg = load_config(args.config, args.overrides)
+    if args.until and args.stage != "run":
+        raise SubmitError(f"--until {args.until} stops a run: it goes with --stage run, not --stage {args.stage}")
     workdir = Path(args.working_dir).resolve()
     if not workdir.is_dir():
         raise SubmitError(f"--working-dir {args.working_dir}: not a directory")
@@ -172,7 +177,7 @@ def prepare(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
             print(f"submit: warning: {key} names {name}, which is not set here: the cluster's nodes must have it",
                   file=sys.stderr)
     job = {
-        "entrypoint": entrypoint(args.stage, rel, args.overrides),
+        "entrypoint": entrypoint(args.stage, rel, args.overrides, args.until),
         "runtime_env": {"working_dir": str(workdir), "excludes": EXCLUDES},
         "metadata": {
             f"{METADATA_PREFIX}run_dir": cfg.run_dir,

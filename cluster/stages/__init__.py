@@ -15,4 +15,6 @@ from cluster.stages.train import TRAIN
 for _stage in (CALIBRATE, GENERATE, JUDGE, BUILD, EXPORT, TRAIN, EVAL, REPORT):
     register(_stage)
 
-__all__ = ["STAGES", "Plan", "Stage", "check_run_dir", "register"]
+RUN_STAGES = [name for name, stage in STAGES.items() if stage.in_run]  # what `run` takes, in order
+
+__all__ = ["RUN_STAGES", "STAGES", "Plan", "Stage", "check_run_dir", "register"]

@@ -48,6 +48,8 @@ def test_key_variables_and_entrypoint_carry_names_only():
     assert key_variables(tree) == {"judges.gpt.api_key_env": "MY_KEY", "generate.teacher.api_key_env": "T_KEY"}
     command = entrypoint("train", "configs/a b.yaml", ["x=1 2"])
     assert command == "python -m cluster.cli train 'configs/a b.yaml' 'x=1 2'"
+    until = entrypoint("run", "configs/a.yaml", ["x=1"], until="build")
+    assert until == "python -m cluster.cli run --until build configs/a.yaml x=1"
 
 
 def test_short_message_leaves_out_the_logs_copy():
@@ -104,6 +106,8 @@ def test_submit_follow_resubmit(ray_head_module, tmp_path, monkeypatch, capsys):
     # a bad config: refused here, nothing submitted
     assert main(["submit", *args, "generate.n=0"]) == 2
     assert "generate.n" in capsys.readouterr().err
+    assert main(["submit", "--until", "build", *args]) == 2  # --until stops a run, not the report
+    assert "--until build stops a run: it goes with --stage run, not --stage report" in capsys.readouterr().err
     assert client.list_jobs() == []
 
     # the report of a run with no eval yet: the job fails, and so does the command

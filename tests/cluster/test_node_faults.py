@@ -4,8 +4,9 @@ One `ray start --head` and a second node joined with `ray start --address` (its 
 session) serve the module; jobs go in through `selfcorrect submit`, as a user on a cluster sends them.
 The generate job meets, in one run: its driver stopped (then the same job submitted again), an engine
 actor SIGKILLed, and the second node lost (every process of it SIGKILLed at once) while its actor holds a
-shard; the train job loses a Ray Train worker to SIGKILL. After each: every record exactly once, the
-stage finished, no checkpointed step trained twice.
+shard; then the run goes on as `run --until build` (judge and build on the bucket). The train job loses a
+Ray Train worker to SIGKILL. After each: every record exactly once, the stage finished, no checkpointed
+step trained twice.
 
 Figures (records expected/found, duplicates, seconds from each fault to the next record, the whole
 stage) are printed and, when ``SELFCORRECT_FAULT_FIGURES`` names a file, appended to it as JSON lines.
@@ -35,6 +36,7 @@ from datagen import storage
 from datagen.shards import StageDir
 from rl.build import run_build
 from rl.config import BuildConfig
+from rl.export import run_export
 
 ROOT = Path(__file__).parents[2]
 PROMPTS = 16
@@ -101,11 +103,11 @@ def run_dir(request) -> str:
 # --- helpers ----------------------------------------------------------------------------------------
 
 
-def submit(cluster: TwoNodes, stage: str, overrides: list[str]) -> str:
+def submit(cluster: TwoNodes, stage: str, overrides: list[str], *flags: str) -> str:
     """`selfcorrect submit --no-wait`; the submission id it chose."""
     done = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "submit", "--stage", stage, "--no-wait", "--address", cluster.head.url,
-         "configs/quickstart.yaml", *overrides],
+        [sys.executable, "-m", "cluster.cli", "submit", "--stage", stage, *flags, "--no-wait", "--address",
+         cluster.head.url, "configs/quickstart.yaml", *overrides],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -248,9 +250,24 @@ def test_generate_survives_a_stopped_driver_a_killed_engine_actor_and_a_lost_nod
     assert out.done() and len(keys) == len(set(keys)) == expected
     assert None not in table["attempt2"].to_pylist()
     assert out.summary()["samples"] == expected
-    # a finished run submitted again finds it done
-    state, logs = wait_job(cluster, submit(cluster, "generate", overrides))
-    assert state == "SUCCEEDED" and "done already" in logs, logs[-3000:]
+
+    # the finished stage submitted again, as `run --until build`: generate is found done, judge and build
+    # run on its rows in the bucket, and the run stops there
+    state, logs = wait_job(cluster, submit(cluster, "run", overrides, "--until", "build"))
+    assert state == "SUCCEEDED" and "generate: done already" in logs, logs[-3000:]
+    assert f"run: stopped after build (--until); `selfcorrect run configs/quickstart.yaml run_dir={run_dir}" in logs
+    judged, built = StageDir(f"{run_dir}/judge"), StageDir(f"{run_dir}/build")
+    assert judged.done() and built.done() and not StageDir(f"{run_dir}/train").done()
+    assert judged.completed_shards() == out.completed_shards()
+    rows = judged.read(columns=["prompt_id", "sample_idx", "verifier_score1"]).to_pylist()
+    assert sorted((r["prompt_id"], r["sample_idx"]) for r in rows) == sorted(set(keys))
+    assert built.summary()["rows_in"] == expected
+    assert f"run_dir: {run_dir}" in storage.read_bytes(storage.as_location(f"{run_dir}/config.yaml")).decode()
+    exported = run_export(built, f"{run_dir}/export")
+    assert storage.read_json(storage.as_location(f"{run_dir}/export/_SUCCESS.json")) == exported
+    # the workers' logs stay in the local mirror of the run, and the job's log says where
+    mirror = Path(os.environ["HOME"], ".cache/selfcorrect/objects/s3", run_dir.removeprefix("s3://"), "logs")
+    assert f"logs: {mirror}" in logs and (mirror / "driver.log").exists()
 
 
 # --- train ------------------------------------------------------------------------------------------

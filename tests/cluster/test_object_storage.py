@@ -1,21 +1,16 @@
 """`selfcorrect` with run_dir on object storage, against a real S3-compatible server (moto's, over HTTP):
-generate -> judge -> build on real Ray and real vLLM, the report published there, and the refusals that
-come before any work. Training on S3 is tested where its trainer is killed and resumes from the bucket:
+the report published there, models read from a bucket, and the refusals that come before any work. The
+stages run on S3 where they also meet faults: generate (then judge and build, by `run --until build`) and
 DPO in tests/cluster/test_node_faults.py, SCoRe (then the eval of the trained model from the bucket and
 the report) in tests/rl/test_score.py."""
 
 import importlib.util
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from s3_server import BUCKET, s3_env
+from s3_server import BUCKET
 
 from cluster.cli import main
 from cluster.config import load_config
@@ -25,7 +20,6 @@ from datagen.models import ModelNotFoundError, resolve_model
 from datagen.shards import StageDir
 from datagen.storage import StorageError
 from rl.evaluate import EvalInputError, _weights_signature, check_weights
-from rl.export import run_export
 
 ROOT = Path(__file__).parents[2]
 
@@ -129,53 +123,6 @@ def test_a_model_on_s3_is_copied_once_per_version_and_checked_as_objects(s3, tin
         check_weights("mine", uri)
     with pytest.raises(ModelNotFoundError, match=f"model '{uri}x': no config.json there"):
         resolve_model(uri + "x", "unused")
-
-
-@pytest.mark.slow
-def test_generate_judge_build_on_s3(s3_url, tiny_model_dir, tmp_path):
-    run = f"s3://{BUCKET}/e2e/run"
-    common = [
-        "configs/quickstart.yaml", f"run_dir={run}", f"model={tiny_model_dir}",
-        "prompts.limit=4", "generate.n=2", "generate.max_tokens=8", "generate.shard_size=2",
-        "generate.engine.max_model_len=512", "ray.num_cpus=2", "ray.include_dashboard=false",
-    ]
-    ray_tmp = tempfile.mkdtemp(prefix="raytmp-")  # short: Ray's socket paths go under it
-    env = {**os.environ, **s3_env(s3_url), "PYTHONPATH": str(ROOT), "RAY_TMPDIR": ray_tmp, "HOME": str(tmp_path)}
-    env.pop("RAY_ADDRESS", None)
-
-    def cli(*command: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "cluster.cli", *command, *common], cwd=ROOT, env=env, capture_output=True,
-            timeout=900,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr.decode()[-4000:]
-        return done.stderr.decode()
-
-    try:
-        err = cli("run", "--until", "build")  # the three stages in one process, as a user stops to look
-        again = cli("generate")
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in s3_env(s3_url).items():
-            mp.setenv(key, value)
-        storage._s3.cache_clear()
-        gen, judged, built = (StageDir(f"{run}/{stage}") for stage in ("generate", "judge", "build"))
-        assert gen.done() and judged.done() and built.done()
-        assert not StageDir(f"{run}/train").done()  # --until build: no further
-        assert gen.completed_shards() == {0, 1} and judged.completed_shards() == {0, 1}
-        rows = judged.read(columns=["prompt_id", "sample_idx", "verifier_score1"]).to_pylist()
-        assert len({(r["prompt_id"], r["sample_idx"]) for r in rows}) == len(rows) == 8
-        assert built.summary()["rows_in"] == 8 and gen.summary()["samples"] == 8
-        config = storage.read_bytes(storage.as_location(f"{run}/config.yaml")).decode()
-        assert f"run_dir: {run}" in config
-        exported = run_export(built, f"{run}/export")
-        assert storage.read_json(storage.as_location(f"{run}/export/_SUCCESS.json")) == exported
-        storage._s3.cache_clear()
-    logs = tmp_path / ".cache/selfcorrect/objects/s3" / BUCKET / "e2e/run/logs"
-    assert f"logs: {logs}" in err and (logs / "driver.log").exists()
-    assert "generate: done already" in again
-    assert f"run: stopped after build (--until); `selfcorrect run configs/quickstart.yaml run_dir={run}" in err
 
 
 def _load(name: str, path: Path):
