@@ -209,10 +209,14 @@ def submit_command(args: argparse.Namespace) -> int:
         return 2
     base = submission_id(cfg.run_dir, args.stage)
     try:
-        known = {j.submission_id: str(j.status) for j in jobs.list_jobs() if j.submission_id}
+        listed = [j for j in jobs.list_jobs() if j.submission_id]
+        known = {j.submission_id: str(j.status) for j in listed}
         sid, follow = next_submission(base, known)
         if follow:
-            _say(f"{sid} is already {known[sid].lower()}: following it instead of submitting the run twice")
+            # the run's job may run another command (other overrides, or --until): say so, as it is not ours
+            theirs = next(j.entrypoint for j in listed if j.submission_id == sid)
+            differs = f" (it runs `{theirs}`)" if theirs != job["entrypoint"] else ""
+            _say(f"{sid} is already {known[sid].lower()}: following it instead of submitting the run twice{differs}")
         else:
             _say(f"uploading {job['runtime_env']['working_dir']} and submitting `{job['entrypoint']}`")
             if not submit_job(jobs, sid, job):

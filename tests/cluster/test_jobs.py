@@ -131,10 +131,12 @@ def test_submit_follow_resubmit(ray_head_module, tmp_path, monkeypatch, capsys):
     (run_dir / "eval").mkdir(parents=True)
     (run_dir / "eval" / "metrics.json").write_text(json.dumps(sample_metrics()))
     assert main(["submit", *args, "--no-wait"]) == 0
-    assert main(["submit", *args]) == 0
+    assert main(["submit", *args, "seed=7"]) == 0  # the run's job is followed, though its command differs
     out = capsys.readouterr().out
     assert f"submit: submitted {base}-2 " in out
     assert f"submit: {base}-2 is already" in out and "following it" in out
+    ours = entrypoint("report", CONFIG, overrides)
+    assert f"following it instead of submitting the run twice (it runs `{ours}`)" in out
     assert f"report: {run_dir / 'report' / 'report.html'}" in out  # the job's log, followed
     assert out.rstrip().endswith(f"submit: {base}-2 succeeded")
     assert (run_dir / "report" / "report.html").exists()
