@@ -135,7 +135,7 @@ def test_submit_follow_resubmit(ray_head_module, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert f"submit: submitted {base}-2 " in out
     assert f"submit: {base}-2 is already" in out and "following it" in out
-    followed = entrypoint("report", CONFIG, overrides)  # the first submit's, without seed=7
+    followed = entrypoint("report", CONFIG, overrides)  # the --no-wait submit's, without seed=7
     assert f"following it instead of submitting the run twice (it runs `{followed}`)" in out
     assert f"report: {run_dir / 'report' / 'report.html'}" in out  # the job's log, followed
     assert out.rstrip().endswith(f"submit: {base}-2 succeeded")
