@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -11,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vllm_server import free_port
 
@@ -45,6 +46,18 @@ def s3_filesystem(url: str) -> pyarrow.fs.S3FileSystem:
         scheme="http",
         allow_bucket_creation=True,
     )
+
+
+def registered_checkpoint(fs: pyarrow.fs.FileSystem, experiment: str) -> dict[str, Any] | None:
+    """The metrics of the latest checkpoint Ray Train has registered for its experiment folder ``experiment``
+    (``bucket/key``); None before the first. Its controller writes the snapshot read here when it registers
+    one, seconds after the worker uploaded it: a restart before that resumes from the checkpoint before."""
+    try:
+        with fs.open_input_stream(f"{experiment}/checkpoint_manager_snapshot.json") as f:
+            latest = json.loads(f.read())["latest_checkpoint_result"]
+    except (OSError, ValueError):
+        return None
+    return latest["metrics"] if latest else None
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ from pathlib import Path
 from cluster.console import summarize
 
 ROOT = Path(__file__).parents[2]
-NOISE = ("Traceback", "WARNING", "Warning", "INFO", "pid=")
 
 
 def _run(argv: list[str], timeout: int) -> tuple[int, str, str]:

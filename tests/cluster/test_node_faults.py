@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 import pytest
 from head_node import Head, job_client, ray_head_node, ray_worker_node
-from s3_server import BUCKET, s3_env
+from s3_server import BUCKET, registered_checkpoint, s3_env, s3_filesystem
 
 from datagen import storage
 from datagen.shards import StageDir
@@ -297,7 +297,7 @@ def sample_log(folder: Path) -> dict[int, list[tuple[int, list[tuple[int, list[s
 
 
 @pytest.mark.slow
-def test_train_worker_killed_resumes_from_the_last_checkpoint(cluster, run_dir, tiny_model_dir):
+def test_train_worker_killed_resumes_from_the_last_checkpoint(cluster, run_dir, tiny_model_dir, s3_url):
     rows = _rl_rows()
     # PAIRS / 2 prompts x 2 pairs (a prompt's pairs share a step): 4 pairs per optimizer step over 2 workers
     judged = rows.write_judged(f"{run_dir}/judge", [
@@ -328,18 +328,11 @@ def test_train_worker_killed_resumes_from_the_last_checkpoint(cluster, run_dir, 
         except (FileNotFoundError, OSError):
             return []
 
-    def registered() -> bool:
-        """Ray Train has registered a checkpoint (its snapshot names one): a restart resumes from it. One on
-        storage alone may not be yet, and a kill then would fairly start again from step 0."""
-        try:
-            snapshot = json.loads(storage.read_bytes(out.path / "ray" / "checkpoint_manager_snapshot.json"))
-        except (FileNotFoundError, OSError, ValueError):
-            return False
-        return snapshot.get("latest_checkpoint_result") is not None
-
     started = time.monotonic()
     sid = submit(cluster, "train", overrides)
-    wait_for("a registered checkpoint", registered, cluster, sid)
+    # registered, not only on storage: a kill before that would fairly start again from step 0
+    fs, experiment = s3_filesystem(s3_url), f"{run_dir.removeprefix('s3://')}/train/ray"
+    wait_for("a registered checkpoint", lambda: registered_checkpoint(fs, experiment) is not None, cluster, sid)
     victims = workers(node2, "RayTrainWorker") or workers(head, "RayTrainWorker")
     assert victims, "no Ray Train worker found"
     at = step()

@@ -20,13 +20,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 import safetensors.torch
 import torch
 import yaml
-from s3_server import BUCKET, s3_env, s3_filesystem
+from s3_server import BUCKET, registered_checkpoint, s3_env, s3_filesystem
 
 from datagen import storage
 from datagen.shards import StageDir
@@ -34,9 +33,6 @@ from rl.config import TrainConfig
 from rl.episodes import Attempt, Episode
 from rl.score_recipe import MISMATCH_LIMITS
 from rl.score_step import Policy, train_step
-
-if TYPE_CHECKING:
-    import pyarrow.fs
 
 ROOT = Path(__file__).parents[2]
 
@@ -120,10 +116,9 @@ def test_score_on_s3_survives_a_dead_engine_and_a_dead_trainer_then_eval_and_rep
     ray_tmp = tempfile.mkdtemp(prefix="raytmp-")  # short: Ray's socket paths go under it
     env = {**s3_env(s3_url), "RAY_TMPDIR": ray_tmp, "HOME": str(tmp_path)}
     mirror = tmp_path / ".cache/selfcorrect/objects/s3" / BUCKET / "score/run"  # the workers' local files
-    snapshot = f"{BUCKET}/score/run/train/ray/checkpoint_manager_snapshot.json"  # Ray Train's, on registering
-    fs = s3_filesystem(s3_url)
+    fs, experiment = s3_filesystem(s3_url), f"{BUCKET}/score/run/train/ray"  # Ray Train's folder in the bucket
     killer = Killer(mirror / "train" / "_progress.json", engine_at=1, trainer_at=3,
-                    checkpointed=lambda: _registered_step(fs, snapshot))
+                    checkpointed=lambda: (registered_checkpoint(fs, experiment) or {}).get("step", 0))
     killer.start()
     try:
         proc = _cli("run", str(config), env=env)
@@ -151,16 +146,6 @@ def test_score_on_s3_survives_a_dead_engine_and_a_dead_trainer_then_eval_and_rep
             storage._s3.cache_clear()
     # the eval's engine loaded a local copy of the objects, made once
     assert [p.name for p in (mirror / "train").glob("model@*")] != []
-
-
-def _registered_step(fs: pyarrow.fs.FileSystem, snapshot: str) -> int:
-    """The ``step`` metric of the latest checkpoint in Ray Train's checkpoint-manager snapshot; 0 before one."""
-    try:
-        with fs.open_input_stream(snapshot) as f:
-            latest = json.loads(f.read())["latest_checkpoint_result"]
-    except (OSError, ValueError):
-        return 0
-    return latest["metrics"]["step"] if latest else 0
 
 
 def _check_score_run_on_s3(run: str, trainer_killed_at: float) -> None:
