@@ -86,6 +86,9 @@ def cluster(tmp_path_factory, s3_url):
         # health_check_period_ms (5 x 3 s by default); a test cluster can afford to be that much quicker
         mp.setenv("RAY_health_check_period_ms", "1000")
         mp.setenv("RAY_health_check_failure_threshold", "3")
+        # Ray Data hands out shards as soon as one engine actor is up; the generate test's faults need both
+        # serving, or the head's engine may do every shard while the second node's still starts on its one core
+        mp.setenv("RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S", "300")
         head = stack.enter_context(ray_head_node(logs, mp, num_cpus=2))
         yield TwoNodes(head, logs, stack)
     storage._s3.cache_clear()
