@@ -197,6 +197,7 @@ def test_generate_survives_a_stopped_driver_a_killed_engine_actor_and_a_lost_nod
     actor = "GenerationWorker"
     started = time.monotonic()
     recovery: dict[str, float] = {}
+    shards_at_fault: dict[str, int] = {}  # how far the stage was at each fault: its margin before the end
 
     # c) the driver stopped as soon as the first shard is in; the same submission again resumes
     first = submit(cluster, "generate", overrides)
@@ -204,7 +205,7 @@ def test_generate_survives_a_stopped_driver_a_killed_engine_actor_and_a_lost_nod
     job_client(cluster.head.url).stop_job(first)
     fault = time.monotonic()
     assert wait_job(cluster, first, 60)[0] == "STOPPED"
-    seen = shards(out)
+    seen = shards_at_fault["driver_stopped"] = shards(out)
     assert seen < PROMPTS and not out.done(), "the stage finished before the driver stopped: nothing proven"
     second = submit(cluster, "generate", overrides)
     assert second == f"{first}-2"
@@ -235,6 +236,7 @@ def test_generate_survives_a_stopped_driver_a_killed_engine_actor_and_a_lost_nod
             n = shards(out)
             cluster.lose_node2()
         fault = time.monotonic()
+        shards_at_fault[step] = n
         assert n < PROMPTS and not out.done(), f"{step}: the stage finished first; nothing proven"
         recovery[step] = wait_for(f"a shard after {step}", lambda n=n: shards(out) > n, cluster, second) - fault
 
@@ -248,7 +250,8 @@ def test_generate_survives_a_stopped_driver_a_killed_engine_actor_and_a_lost_nod
     report({
         "stage": "generate", "storage": "s3", "faults": ["driver_stopped", *order],
         "records_expected": expected, "records_found": len(set(keys)), "duplicates": len(keys) - len(set(keys)),
-        "recovery_s": {k: round(v, 1) for k, v in recovery.items()}, "stage_s": round(seconds, 1),
+        "recovery_s": {k: round(v, 1) for k, v in recovery.items()}, "shards_at_fault": shards_at_fault,
+        "shards": PROMPTS, "stage_s": round(seconds, 1),
     })
     assert out.done() and len(keys) == len(set(keys)) == expected
     assert None not in table["attempt2"].to_pylist()
