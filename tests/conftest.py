@@ -157,6 +157,7 @@ FILE_SECONDS = {
 SAME_WORKER = {"datagen/test_teacher.py": "openai_server", "judges/test_judge_openai.py": "openai_server"}
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: a run without it ignores this one
 def pytest_xdist_make_scheduler(config, log):
     """`--dist loadfile`, with the files of SAME_WORKER scheduled together."""
     if config.getoption("dist") != "loadfile":
