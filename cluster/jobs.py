@@ -209,12 +209,12 @@ def submit_command(args: argparse.Namespace) -> int:
         return 2
     base = submission_id(cfg.run_dir, args.stage)
     try:
-        listed = [j for j in jobs.list_jobs() if j.submission_id]
-        known = {j.submission_id: str(j.status) for j in listed}
+        listed = {j.submission_id: j for j in jobs.list_jobs() if j.submission_id}
+        known = {sid: str(j.status) for sid, j in listed.items()}
         sid, follow = next_submission(base, known)
         if follow:
             # the run's job may run another command (other overrides, or --until): say so, as it is not ours
-            theirs = next(j.entrypoint for j in listed if j.submission_id == sid)
+            theirs = listed[sid].entrypoint
             differs = f" (it runs `{theirs}`)" if theirs != job["entrypoint"] else ""
             _say(f"{sid} is already {known[sid].lower()}: following it instead of submitting the run twice{differs}")
         else:
