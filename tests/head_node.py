@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import psutil
 import pytest
 from vllm_server import free_port
 
@@ -87,28 +88,33 @@ def ray_head_node(log_dir: Path, mp: pytest.MonkeyPatch, num_cpus: int = 2) -> I
                 time.sleep(1)
         yield Head(url, f"127.0.0.1:{port}", temp_dir, head)
     finally:
-        # `ray stop` would also stop the session's other local Ray: end this head only. SIGTERM to
-        # `ray start` alone, which drains the node through the GCS and stops its processes (a SIGTERM
-        # to the whole group kills the GCS first, and the drain waits 30 s for it); then whatever of
-        # the group is left.
-        stop_node(head)
+        stop_node(head)  # this head only: `ray stop` would also stop the session's other local Ray
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def stop_node(proc: subprocess.Popen, wait_s: float = 15) -> None:
-    """SIGTERM to `ray start --block` alone, which drains the node through the GCS and stops its
-    processes (a SIGTERM to the whole group kills the GCS first, and the drain waits 30 s for it);
-    then whatever of the node's process group is left."""
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(wait_s)  # its drain can wait 30 s on idle workers; the group is killed below
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """End a node started by `ray start --block` once a test is done with it: SIGKILL to its process group
+    and to every process under it, then wait for them.
+
+    No drain: a node's drain (SIGTERM to `ray start`) waits up to 30 s while a detached actor lives on it,
+    and Ray Data and Ray Train each leave one (an autoscaling coordinator, a placement group cleaner). Not
+    the group alone: workers the raylet started may have left it, and they would go only once they notice
+    the raylet gone, seconds later.
+    """
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    proc.wait()
+    psutil.wait_procs(tree, timeout=wait_s)
 
 
 @contextlib.contextmanager

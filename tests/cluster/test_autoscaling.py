@@ -112,7 +112,7 @@ def autoscaling_head(log_dir: Path, head_cpus: int = 1, worker_cpus: int = 1, ma
     finally:
         # the head and its process group (the fake worker nodes are the autoscaler's children, in
         # the same group), then anything that left the group but still runs in this cluster's temp dir
-        stop_node(head, wait_s=5)
+        stop_node(head)
         for proc in psutil.process_iter(["pid", "cmdline"]):
             if any(temp_dir in arg for arg in proc.info["cmdline"] or ()):
                 with contextlib.suppress(psutil.Error):
