@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from head_node import Head, job_client, ray_head_node, ray_worker_node
+from head_node import Head, job_client, ray_head_node, ray_worker_node, stop_node
 from s3_server import BUCKET, registered_checkpoint, s3_env, s3_filesystem
 
 from datagen import storage
@@ -65,10 +65,11 @@ class TwoNodes:
 
     def lose_node2(self) -> None:
         """The machine gone at once: every process of the node SIGKILLed together, no drain. (A graceful
-        stop lets the node's actor finish its shard while it drains, and the fault may then cut nothing.)"""
+        stop lets the node's actor finish its shard while it drains, and the fault may then cut nothing.)
+        Its whole process tree, not its process group: the raylet starts its workers outside the group, and
+        the engine actor would go on, even finish its shard, until it noticed the raylet gone."""
         assert self.node2 is not None
-        os.killpg(self.node2.pid, signal.SIGKILL)
-        self.node2.wait()
+        stop_node(self.node2)
 
 
 @pytest.fixture(scope="module")
