@@ -102,6 +102,8 @@ def stop_node(proc: subprocess.Popen, wait_s: float = 15) -> None:
     the group alone: workers the raylet started may have left it, and they would go only once they notice
     the raylet gone, seconds later.
     """
+    if proc.returncode is not None:  # stopped and reaped already: its pid may be another process's by now
+        return
     try:
         tree = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
