@@ -94,8 +94,9 @@ def ray_head_node(log_dir: Path, mp: pytest.MonkeyPatch, num_cpus: int = 2) -> I
 
 
 def stop_node(proc: subprocess.Popen, wait_s: float = 15) -> None:
-    """End a node started by `ray start --block` once a test is done with it: SIGKILL to its process group
-    and to every process under it, then wait for them.
+    """End a node started by `ray start --block` (in a session of its own) at once, as a lost machine ends:
+    SIGKILL to its process group and to every process under it, then wait for them. A test's teardown, and
+    the node-loss fault.
 
     No drain: a node's drain (SIGTERM to `ray start`) waits up to 30 s while a detached actor lives on it,
     and Ray Data and Ray Train each leave one (an autoscaling coordinator, a placement group cleaner). Not
@@ -113,9 +114,7 @@ def stop_node(proc: subprocess.Popen, wait_s: float = 15) -> None:
     for p in tree:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    proc.wait()
+    proc.wait()  # the group's leader: the SIGKILL above reached it
     psutil.wait_procs(tree, timeout=wait_s)
 
 
