@@ -169,12 +169,13 @@ def on_this_device(settings: JudgeSettings) -> JudgeSettings:
     """A model judge's weights dtype ``auto`` resolved in the actor that loads them.
 
     The reward model's ``dtype`` and the self-critic's ``engine.dtype`` follow this actor's hardware
-    (``datagen.hardware``): bfloat16 where it is native, float32 elsewhere.
+    (``datagen.hardware``): bfloat16 where it is native, float32 elsewhere. Judges without weights (the
+    verifier, an API judge) are returned as they are, and their actor never imports torch (1.7 s of its start).
     """
-    import torch
-
     update: dict[str, Any] = {}
     if getattr(settings, "dtype", None) == "auto":
+        import torch
+
         update["dtype"] = resolve_dtype("auto", gpu=torch.cuda.is_available()).name
     engine = getattr(settings, "engine", None)
     if isinstance(engine, dict) and engine.get("dtype", "auto") == "auto":

@@ -54,6 +54,26 @@ def test_prompt_longer_than_the_context_is_refused(tmp_path, capsys, tiny_model_
     assert "short" not in err
 
 
+def test_prompts_are_measured_in_the_tokens_the_engine_sends(tiny_model_dir):
+    # The driver measures with the generic fast tokenizer (no torch); vLLM prompts through AutoTokenizer.
+    from transformers import AutoTokenizer
+
+    from datagen.generate import prompt_tokenizer
+
+    ours, engines = prompt_tokenizer(str(tiny_model_dir)), AutoTokenizer.from_pretrained(tiny_model_dir)
+    chats = [
+        [{"role": "user", "content": "What is 12 × 7? Put it in $\\boxed{84}$, **bold**."}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "def f(x):\n\treturn x  # 日本語 <|im_end|>"},
+        ],
+    ]
+    for chat in chats:
+        text = ours.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        assert text == engines.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        assert ours(text, add_special_tokens=False)["input_ids"] == engines(text, add_special_tokens=False)["input_ids"]
+
+
 def test_config_typo(tmp_path, capsys):
     code, err = run(tmp_path, capsys, "generate.nn=3")
     assert code == 2 and "generate.nn: unknown key" in err

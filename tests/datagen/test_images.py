@@ -151,3 +151,16 @@ def test_too_many_image_tokens_for_the_context_refused(tmp_path, pictures, tiny_
         plan_generate(PromptsConfig(path=str(f)), cfg, str(tiny_vlm_dir), str(tmp_path), 0)
     plan = plan_generate(PromptsConfig(path=str(f), limit=1), cfg, str(tiny_vlm_dir), str(tmp_path), 0)
     assert plan.prompts[0].images and "images_sha256" in plan.fingerprint
+
+
+def test_a_folder_is_told_vision_or_text_as_autoconfig_tells_it(tmp_path, tiny_model_dir, tiny_vlm_dir):
+    # is_vision_model reads a folder's config.json itself (no torch); AutoConfig's answer is the reference
+    import transformers
+
+    from datagen.vision import is_vision_model
+
+    transformers.LlavaConfig().save_pretrained(tmp_path / "llava")
+    for folder in (tiny_model_dir, tiny_vlm_dir, tmp_path / "llava"):
+        config = transformers.AutoConfig.from_pretrained(folder)
+        assert is_vision_model(str(folder)) == (getattr(config, "vision_config", None) is not None), folder
+    assert is_vision_model(str(tiny_vlm_dir)) and not is_vision_model(str(tiny_model_dir))
