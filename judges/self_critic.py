@@ -16,6 +16,7 @@ benchmark reads a small model's choice from its probabilities rather than from i
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from judges.base import (
@@ -93,6 +94,8 @@ class SelfCriticJudge(BaseJudge):
             )
         from vllm import LLM, SamplingParams
 
+        gc.collect()  # then the loaded libraries, which live as long as the actor, are frozen: vLLM's start
+        gc.freeze()  # skips them in its collections (datagen.engine)
         self.llm = LLM(model=settings.model, **settings.engine)
         self.forced = settings.verdict == "forced"
         if self.forced:
