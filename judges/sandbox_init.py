@@ -6,7 +6,7 @@ interpreter). It builds the sandbox and starts the untrusted interpreter in it:
     launcher (our uid)          writes the child's uid/gid maps, waits, passes on the exit status
       └─ contain                unshare(user, mount, pid, net, ipc, uts); private root; drops the uid
            └─ init (PID 1)      reaps orphans; when it returns, the kernel kills the whole namespace
-                └─ python -I -c HARNESS   limits set, no new privileges; reads the program on stdin
+                └─ python -I -S -c HARNESS   limits set, no new privileges; reads the program on stdin
 
 A step the kernel refuses writes why to the setup pipe (``cfg["setup_fd"]``) and exits with
 ``SETUP_FAILED``. The program never holds that pipe (it is close-on-exec in the last step), so a
@@ -86,6 +86,19 @@ else:
     _audit("selfcorrect.finished")
 _exit(1)
 """
+
+
+def site_prelude(path: list[str]) -> str:
+    """What the site module gives a program, for an interpreter started without it (``-S``): the search
+    path ``python -I`` has (``judges.code_sandbox.search_path``), and ``exit``, ``quit`` and ``help``."""
+    return (
+        "import sys, builtins, _sitebuiltins\n"
+        f"sys.path[:] = {path!r}\n"
+        "builtins.exit = _sitebuiltins.Quitter('exit', 'Ctrl-D (i.e. EOF)')\n"
+        "builtins.quit = _sitebuiltins.Quitter('quit', 'Ctrl-D (i.e. EOF)')\n"
+        "builtins.help = _sitebuiltins._Helper()\n"
+        "del builtins, _sitebuiltins\n"
+    )
 
 
 class SetupError(Exception):
@@ -239,8 +252,10 @@ def _exec_program(cfg: dict) -> None:
         resource.setrlimit(limit, (value, value))
     _check(LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     os.chdir(cfg["workdir"])
-    python = cfg["python"]
-    os.execve(python, [python, "-I", "-c", HARNESS], {"PATH": "/usr/bin:/bin"})
+    python, path = cfg["python"], cfg["path"]
+    if path is None:  # the interpreter could not tell its path: its site module builds it
+        os.execve(python, [python, "-I", "-c", HARNESS], {"PATH": "/usr/bin:/bin"})
+    os.execve(python, [python, "-I", "-S", "-c", site_prelude(path) + HARNESS], {"PATH": "/usr/bin:/bin"})
 
 
 def _init(cfg: dict) -> int:

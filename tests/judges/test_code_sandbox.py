@@ -7,6 +7,7 @@ the verifier calls them.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -23,9 +24,11 @@ from judges.code_sandbox import (
     SandboxLimits,
     SandboxUnavailable,
     _run,
+    interpreter,
     isolation,
     run_humaneval,
     run_program,
+    search_path,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,6 +50,22 @@ def test_a_right_answer_passes_and_a_wrong_one_fails():
     assert right.passed, right.stderr_tail
     assert not wrong.passed and "AssertionError" in wrong.stderr_tail
     assert right.isolation == MODE and not right.error
+
+
+def test_the_program_starts_as_python_dash_i_would_without_running_site():
+    """The harness starts with ``-S`` (site's start-up ran the installation's .pth files and took most of a
+    run's time) and is given what site would have set: ``python -I``'s search path, and exit, quit, help."""
+    python = interpreter(None, MODE)
+    asked = subprocess.run([python, "-I", "-c", "import json, sys; print(json.dumps(sys.path))"],
+                           capture_output=True, text=True, check=True)
+    expected = json.loads(asked.stdout)
+    assert search_path(python) == expected
+    program = (f"import sys\nassert sys.path == {expected!r}, sys.path\nassert sys.flags.no_site\n"
+               "assert [type(f).__name__ for f in (exit, quit, help)] == ['Quitter', 'Quitter', '_Helper']\n"
+               "import json, email.mime.text, sqlite3\n")
+    out = run_program(program, LIMITS)
+    assert out.passed, out.summary()
+    assert search_path("/nonexistent/python") is None  # then the harness starts with site, as before
 
 
 EARLY_EXITS = {
