@@ -142,7 +142,8 @@ def search_path(python: str) -> list[str] | None:
     once per interpreter; None if that interpreter cannot say.
 
     The harness starts with ``-S`` and is given this path: the site module's start-up runs every .pth file
-    of the installation, which may import packages, and took 50 of a run's 90 ms on a host with one such file.
+    of the installation, which may import packages. On a host with one that imports certifi, a run took 96 ms
+    of CPU with site and 59 ms without.
     """
     code = "import json, sys; print(); print(json.dumps(sys.path))"  # the last line: a .pth may print too
     try:
