@@ -52,7 +52,11 @@ def _context_length(model_path: str, cfg: GenerateConfig) -> int:
     if cfg.engine.max_model_len is not None:
         return cfg.engine.max_model_len
     local = Path(model_path, "config.json")  # read as JSON where it says: AutoConfig imports torch
-    if local.is_file() and isinstance(n := json.loads(local.read_text()).get("max_position_embeddings"), int):
+    try:
+        n = json.loads(local.read_text()).get("max_position_embeddings") if local.is_file() else None
+    except (OSError, ValueError, AttributeError):  # AttributeError: not a JSON object
+        n = None  # AutoConfig reads it again and says what is wrong with the file
+    if isinstance(n, int):
         return n
     from transformers import AutoConfig
 

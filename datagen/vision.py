@@ -38,7 +38,7 @@ def is_vision_model(model_path: str) -> bool:
     if local.is_file():
         try:
             return bool(json.loads(local.read_text()).get("vision_config"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # AttributeError: not a JSON object
             return False
     from transformers import AutoConfig
 

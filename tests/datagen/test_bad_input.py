@@ -1,6 +1,7 @@
 """Bad input: a clear error naming the file, line or key, exit status 2, and nothing written."""
 
 import json
+import shutil
 
 import pytest
 
@@ -72,6 +73,16 @@ def test_prompts_are_measured_in_the_tokens_the_engine_sends(tiny_model_dir):
         text = ours.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         assert text == engines.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         assert ours(text, add_special_tokens=False)["input_ids"] == engines(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_broken_model_config_is_named_when_the_context_is_read_from_it(tmp_path, capsys, tiny_model_dir):
+    # generate.engine.max_model_len unset: the context length comes from the folder's config.json
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = model / "config.json"
+    config.write_text(config.read_text()[:40])  # cut off, as by a full disk
+    code, err = run(tmp_path, capsys, "prompts.limit=2", "generate.engine.max_model_len=null", model=model)
+    assert code != 0 and f"{config}' is not a valid JSON file" in err, err
 
 
 def test_config_typo(tmp_path, capsys):
