@@ -1,16 +1,17 @@
 """Where one SCoRe update's time goes, float32 against bfloat16, on the default model (no Ray, no engine).
 
     python benchmarks/bench_score_step.py [--model smollm2-135m-instruct] [--episodes 16] [--tokens 64]
-        [--repeats 2] [--threads 2] [--micro-batch 16]
+        [--repeats 2] [--threads 2] [--micro-batch 16] [--kl-logprobs trainer|engine]
 
 The update the trainer takes on the laptop config (``configs/score_quickstart.yaml``: LoRA, 4 prompts x
 4 episodes, attempts of up to 64 tokens), on episodes of the lengths rollouts have there (attempt 1
 after a ~90-token prompt, attempt 2 after ~220 tokens), timed phase by phase: the KL-in-reward pass
 (reference and policy forward; the policy's without a gradient unless an attempt fits one micro-batch,
-when the loss reuses it), the loss pass (backward, and the policy's forward where not reused), the
-optimizer step. Beside it a bare forward + backward of the same tokens, and the share of the CPU's
-bfloat16 (or float32) matmul peak the update reaches: three or four passes of 2 flops a weight a token
-(the LM head only at completion tokens) over the update's seconds, against a 2048^2 matmul measured here.
+when the loss reuses it, or the penalty takes the engine's log-probs, ``--kl-logprobs engine``), the loss
+pass (backward, and the policy's forward where not reused), the optimizer step. Beside it a bare forward +
+backward of the same tokens, and the share of the CPU's bfloat16 (or float32) matmul peak the update
+reaches: three or four passes of 2 flops a weight a token (the LM head only at completion tokens) over the
+update's seconds, against a 2048^2 matmul measured here.
 Name the CPU's bf16 flags beside the figures (printed).
 """
 
@@ -53,7 +54,9 @@ def episodes(vocab: int, count: int, tokens: int):
     return out
 
 
-def run(dtype_name: str, model_path: str, eps_count: int, tokens: int, repeats: int, micro_batch: int) -> dict:
+def run(
+    dtype_name: str, model_path: str, eps_count: int, tokens: int, repeats: int, micro_batch: int, kl_logprobs: str
+) -> dict:
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
@@ -74,13 +77,21 @@ def run(dtype_name: str, model_path: str, eps_count: int, tokens: int, repeats: 
     s, workers = t.score, Workers()
     attempts = {j: [e.attempt(j) for e in batch] for j in (1, 2)}
     seqs = {j: [a.sequence for a in attempts[j]] for j in (1, 2)}
+    from_engine = kl_logprobs == "engine"
+    if from_engine:  # the log-probs an engine holding these weights returns with its samples
+        for j in (1, 2):
+            with torch.no_grad():
+                logp, mask, _ = policy.logprobs(seqs[j])
+            for a, row, m in zip(attempts[j], logp, mask, strict=True):
+                a.logp = row[m > 0].tolist()
     times: dict[str, list[float]] = {"kl_in_reward": [], "loss_backward": [], "optimizer": [], "bare_fwd_bwd": []}
     for _ in range(repeats + 1):  # the first round warms up
         timing: dict[str, float] = {}  # each attempt in turn, as rl.score_step.train_step takes them
         rewards, beta = shape(batch, 2, s), betas(s, 2)
         model.train()
         for j in (1, 2):
-            attempt_update(policy, attempts[j], rewards[j], [e.prompt_id for e in batch], beta[j], s, workers, timing)
+            attempt_update(policy, attempts[j], rewards[j], [e.prompt_id for e in batch], beta[j], s, workers, timing,
+                           engine_logp=from_engine)
         t2 = time.perf_counter()
         update(policy, opt, t.max_grad_norm, workers)
         t3 = time.perf_counter()
@@ -99,9 +110,10 @@ def run(dtype_name: str, model_path: str, eps_count: int, tokens: int, repeats: 
     completion = sum(len(y) for j in (1, 2) for _, y in seqs[j])  # the head runs where completion tokens are
     update_s = mean["kl_in_reward"] + mean["loss_backward"] + mean["optimizer"]
     # 2 flops a weight a token per forward: the reference's, the policy's (twice where an attempt takes more than
-    # one micro-batch: without a gradient for the penalty, then for the loss), and the backward to the inputs
-    # (LoRA: the frozen weights get no gradient of their own; the adapter's are small)
-    passes = 3 if eps_count <= micro_batch else 4
+    # one micro-batch and the penalty does not take the engine's log-probs: without a gradient for the penalty,
+    # then for the loss), and the backward to the inputs (LoRA: the frozen weights get no gradient of their own;
+    # the adapter's are small)
+    passes = 3 if eps_count <= micro_batch or from_engine else 4
     flops = passes * 2 * (body * tokens_total + head * completion)
     return {
         "dtype": dtype_name,
@@ -109,6 +121,7 @@ def run(dtype_name: str, model_path: str, eps_count: int, tokens: int, repeats: 
         "update_s": round(update_s, 2),
         "tokens": tokens_total,
         "micro_batch": micro_batch,
+        "kl_logprobs": kl_logprobs,
         "gflops": round(flops / update_s / 1e9, 1),
         "matmul_peak_gflops": round(matmul_gflops(dtype), 1),
     }
@@ -122,6 +135,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--micro-batch", type=int, default=16, help="sequences per forward (train.score.micro_batch)")
+    parser.add_argument("--kl-logprobs", choices=("trainer", "engine"), default="trainer",
+                        help="the policy's log-probs in the KL penalty (train.score.kl_logprobs)")
     parser.add_argument("--dtype", help=argparse.SUPPRESS)  # one dtype, in a process of its own
     args = parser.parse_args()
     if args.dtype:
@@ -131,7 +146,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         path = resolve_model(args.model, str(Path("~/.cache/selfcorrect/models").expanduser()))
-        row = run(args.dtype, path, args.episodes, args.tokens, args.repeats, args.micro_batch)
+        row = run(args.dtype, path, args.episodes, args.tokens, args.repeats, args.micro_batch, args.kl_logprobs)
         print(json.dumps(row))
         return
     flags = subprocess.run("lscpu | grep -o -E 'amx_bf16|avx512_bf16' | sort -u", shell=True, capture_output=True,

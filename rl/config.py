@@ -161,6 +161,14 @@ class ScoreConfig(Strict):
         "KL(pi || pi_ref) (the estimator then only reports); loss: beta * the estimator added to the loss per token "
         "(k2: each token's KL, blind to later tokens; k3, low_var_kl: the reverse KL's gradient; see rl.score_math)",
     )
+    kl_logprobs: Literal["auto", "trainer", "engine"] = Field(
+        "auto",
+        description="the policy's log-probs in the KL penalty of kl_in: reward, where the trainer's share of an "
+        "attempt spans micro-batches: trainer (a forward of its own); engine (the rollout engines', sampled with "
+        "the trainer's own weights: one forward less an attempt; a batch behind the trainer (overlap), whose "
+        "engine failed the sync check or gave no log-probs takes the trainer's); auto: engine where the engines "
+        "and the trainer both compute in float32 (they differ by about 1e-5 a token), trainer otherwise",
+    )
     loss_agg: Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"] = Field(
         "seq_mean_token_sum",
         description="how token terms become the loss: seq_mean_token_sum sums each attempt's tokens and averages "

@@ -105,6 +105,7 @@ class EpisodeBatch:
     rollout: RolloutStats = field(default_factory=RolloutStats)
     no_gradient: set[str] = field(default_factory=set)  # prompts left out of the update by dynamic sampling
     sampling: dict[str, float] = field(default_factory=dict)  # what dynamic sampling drew, for the metrics
+    engine_logp: bool = False  # its KL penalty may take the policy's log-probs from the engines (kl_logprobs)
 
     def extend(self, other: EpisodeBatch) -> None:
         """Add another round's episodes (dynamic sampling), its flags and its costs."""

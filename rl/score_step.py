@@ -61,8 +61,13 @@ class Policy:
             yield self.model
 
     def ref_logprobs(self, seqs: list[Sequence]) -> torch.Tensor:
+        return self.ref_forward(seqs)[0]
+
+    def ref_forward(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+        """pi_ref's (logp, mask), without a gradient."""
         with torch.no_grad(), self.reference() as ref, self._cast():
-            return token_logprobs(ref, seqs, self.pad_id, self.device, False, self.temperature)[0]
+            logp, mask, _ = token_logprobs(ref, seqs, self.pad_id, self.device, False, self.temperature)
+        return logp, mask
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -102,7 +107,8 @@ class Workers:
 class StepStats:
     """What one update reports: per attempt t1/t2 the mean KL estimate and entropy per token, and the mean
     shaped reward; the summed policy-gradient loss; the gradient norm before clipping; the learning rate of the
-    step; with ``kl_in: reward`` the mean per-sequence KL penalty (before beta)."""
+    step; with ``kl_in: reward`` the mean per-sequence KL penalty (before beta) and the share of attempts
+    whose penalty took the policy's log-probs from the engine (``kl_logprobs``)."""
 
     pg_loss: float
     kl_t1: float
@@ -115,6 +121,7 @@ class StepStats:
     learning_rate: float = 0.0  # the rate the optimizer step used
     kl_penalty_t1: float | None = None
     kl_penalty_t2: float | None = None
+    kl_from_engine: float | None = None  # the share of attempts whose penalty took the engine's log-probs
 
     def as_dict(self) -> dict[str, float]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -165,30 +172,44 @@ Forward = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, t
 
 
 def kl_in_reward(
-    policy: Policy, seqs: list[Sequence], batches: list[list[int]], workers: Workers
-) -> tuple[list[float], dict[int, Forward]]:
+    policy: Policy, seqs: list[Sequence], batches: list[list[int]], workers: Workers,
+    sampled: list[Attempt] | None = None,
+) -> tuple[list[float], dict[int, Forward], int]:  # fmt: skip
     """Phase 2 (``kl_in: reward``), for one attempt: each sequence's KL penalty sum_t (logp - ref_logp),
-    before beta, and each micro-batch's forward (by its first index), which the loss phase reuses.
+    before beta, each micro-batch's forward (by its first index), which the loss phase reuses, and how many
+    of this worker's sequences took logp from the engine.
 
     Where this worker's share is one micro-batch, the policy's forward is taken with its gradient and the
     loss phase backpropagates through it: one policy forward an attempt instead of two (the penalty only
     needs its values). Otherwise the forwards are taken without a gradient and only the reference's is kept,
-    so no more than one micro-batch's activations are ever held.
+    so no more than one micro-batch's activations are ever held. ``sampled``, the attempts as the engine
+    sampled them on the trainer's own weights (``rl.score_recipe.use_engine_logprobs``), gives logp from the
+    engine's log-probs instead of that gradient-free forward; a micro-batch missing any of them (or with one
+    that is not finite) takes the forward.
     """
     pen = [0.0] * len(seqs)
     keep = len(batches) == 1
     forwards: dict[int, Forward] = {}
+    from_engine = 0
     for idx in batches:
         part = [seqs[i] for i in idx]
-        with contextlib.nullcontext() if keep else torch.no_grad():
-            logp, mask, ent = policy.logprobs(part, entropy=keep)
-        ref_logp = policy.ref_logprobs(part)
+        logp = None
+        if sampled is not None and not keep:
+            ref_logp, mask = policy.ref_forward(part)
+            engine = engine_logprobs([sampled[i] for i in idx], mask)
+            if torch.isfinite(engine[mask > 0]).all():
+                logp = torch.where(mask > 0, engine, torch.zeros_like(engine))
+                from_engine += len(idx)
+        if logp is None:
+            with contextlib.nullcontext() if keep else torch.no_grad():
+                logp, mask, ent = policy.logprobs(part, entropy=keep)
+            ref_logp = policy.ref_logprobs(part)
         forwards[idx[0]] = (logp, mask, ent, ref_logp) if keep else (None, None, None, ref_logp)
         for i, v in zip(idx, kl_penalty(logp.detach(), ref_logp, mask).tolist(), strict=True):
             pen[i] = v
     if workers.world > 1:
         pen = workers.sum(torch.tensor(pen), policy.device).tolist()
-    return pen, forwards
+    return pen, forwards, from_engine
 
 
 def engine_logprobs(attempts: list[Attempt], mask: torch.Tensor) -> torch.Tensor:
@@ -259,29 +280,34 @@ def _timed(timing: dict[str, float] | None, phase: str) -> Iterator[None]:
 
 def attempt_update(
     policy: Policy, attempts: list[Attempt], rewards: list[float], groups: list[str], beta: float, s: ScoreConfig,
-    workers: Workers, timing: dict[str, float] | None = None,
+    workers: Workers, timing: dict[str, float] | None = None, engine_logp: bool = False,
 ) -> tuple[torch.Tensor, list[float] | None, list[float]]:  # fmt: skip
-    """Phases 2-4 for one attempt: the KL penalty in the reward (``kl_in: reward``), RLOO advantages, the
-    loss and its backward. Returns this worker's sums (``backward``'s), the penalties (None with the KL in
-    the loss) and the rewards less the penalty. ``timing`` adds up the seconds of the phases ``kl_in_reward``
-    and ``loss_backward``."""
+    """Phases 2-4 for one attempt: the KL penalty in the reward (``kl_in: reward``; the policy's log-probs
+    from the engine with ``engine_logp``), RLOO advantages, the loss and its backward. Returns this worker's
+    sums (``backward``'s, then how many sequences' penalties took the engine's log-probs), the penalties
+    (None with the KL in the loss) and the rewards less the penalty. ``timing`` adds up the seconds of the
+    phases ``kl_in_reward`` and ``loss_backward``."""
     seqs = [a.sequence for a in attempts]
     batches = micro_batches(seqs, workers, s.micro_batch)
-    penalties, forwards = None, None
+    penalties, forwards, from_engine = None, None, 0
     with _timed(timing, "kl_in_reward"):
         if s.kl_in == "reward":  # R_j -= beta_j * sum_t (logp - ref_logp)
-            penalties, forwards = kl_in_reward(policy, seqs, batches, workers)
+            sampled = attempts if engine_logp else None
+            penalties, forwards, from_engine = kl_in_reward(policy, seqs, batches, workers, sampled)
             rewards = [r - beta * p for r, p in zip(rewards, penalties, strict=True)]
     with _timed(timing, "loss_backward"):
         advantages = rloo_advantages(rewards, groups, s.baseline)
         sums = backward(policy, attempts, batches, advantages, beta, s, forwards)
-    return sums, penalties, rewards
+    return torch.cat([sums, torch.tensor([from_engine], dtype=torch.float64)]), penalties, rewards
 
 
 def train_step(
-    policy: Policy, optimizer: Any, batch: list[Episode], stage: int, t: TrainConfig, workers: Workers = Workers()
+    policy: Policy, optimizer: Any, batch: list[Episode], stage: int, t: TrainConfig, workers: Workers = Workers(),
+    engine_logp: bool = False,
 ) -> StepStats:
     """One SCoRe update on the judged, unflagged episodes of ``batch`` (every worker holds the whole batch).
+    ``engine_logp``: the engines sampled ``batch`` with these very weights, and the KL penalty in the reward
+    may take the policy's log-probs from them (``rl.score_recipe.use_engine_logprobs``).
 
     An attempt's advantages depend on its own rewards only, so each attempt goes through the phases in turn
     and its activations are freed before the next one's forward."""
@@ -295,14 +321,16 @@ def train_step(
     policy.model.train()
     for j in (1, 2):
         attempts = [e.attempt(j) for e in episodes]
-        sums, penalty, rewards[j] = attempt_update(policy, attempts, rewards[j], groups, beta[j], s, workers)
+        sums, penalty, rewards[j] = attempt_update(
+            policy, attempts, rewards[j], groups, beta[j], s, workers, engine_logp=engine_logp
+        )
         parts.append(sums)
         if penalty is not None:
             penalties[j] = penalty
     sums = workers.sum(torch.cat(parts), policy.device)
     learning_rate = float(optimizer.param_groups[0]["lr"])
     grad_norm = update(policy, optimizer, t.max_grad_norm, workers)
-    pg1, kl1, ent1, tok1, pg2, kl2, ent2, tok2 = sums.tolist()
+    pg1, kl1, ent1, tok1, eng1, pg2, kl2, ent2, tok2, eng2 = sums.tolist()
     return StepStats(
         pg_loss=pg1 + pg2,
         kl_t1=kl1 / max(tok1, 1),
@@ -315,4 +343,5 @@ def train_step(
         learning_rate=learning_rate,
         kl_penalty_t1=fmean(penalties[1]) if penalties and penalties[1] else (0.0 if penalties else None),
         kl_penalty_t2=fmean(penalties[2]) if penalties and penalties[2] else (0.0 if penalties else None),
+        kl_from_engine=(eng1 + eng2) / max(1, 2 * len(episodes)) if penalties else None,
     )

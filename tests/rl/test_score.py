@@ -112,7 +112,9 @@ def test_score_on_s3_survives_a_dead_engine_and_a_dead_trainer_then_eval_and_rep
     step 1, the trainer after step 3, each resumed (the trainer from its checkpoint in the bucket); then the
     eval loads the trained model from the bucket and the report is published there."""
     run = f"s3://{BUCKET}/score/run"
-    config = _config(tmp_path, tiny_model_dir, run, stage1_steps=2, stage2_steps=3)
+    # micro-batches of one episode: an attempt's batch spans several, and the KL penalty in the reward takes the
+    # policy's log-probs from the engine instead of a forward of the trainer's own
+    config = _config(tmp_path, tiny_model_dir, run, stage1_steps=2, stage2_steps=3, micro_batch=1)
     ray_tmp = tempfile.mkdtemp(prefix="raytmp-")  # short: Ray's socket paths go under it
     env = {**s3_env(s3_url), "RAY_TMPDIR": ray_tmp, "HOME": str(tmp_path)}
     mirror = tmp_path / ".cache/selfcorrect/objects/s3" / BUCKET / "score/run"  # the workers' local files
@@ -160,7 +162,10 @@ def _check_score_run_on_s3(run: str, trainer_killed_at: float) -> None:
         # the engine's log-probabilities of its own samples are the trainer's: it held the synced weights,
         # the restarted engine included
         assert r["logp_mismatch"] < MISMATCH_LIMITS["float32"], r
+        # so, both sides in float32, the penalty in the reward took the policy's log-probs from the engine
+        assert r["kl_from_engine"] == (1.0 if r["episodes_trained"] else 0.0), r
         assert r["sync_bytes"] > 0 or r["step"] == 5
+    assert any(r["episodes_trained"] for r in log)
     summary = train.summary()
     assert summary["steps"] == 5 and summary["kept"] == "last"
     assert summary["model"] == f"{run}/train/model" and summary["rollouts"] == f"{run}/train/rollouts"

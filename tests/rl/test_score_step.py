@@ -7,11 +7,14 @@ computed (other than an intended one, which then updates them with its reason) f
 
 from __future__ import annotations
 
+from statistics import fmean
+
 import pytest
 import torch
 
 from rl.config import TrainConfig
 from rl.episodes import Attempt, Episode
+from rl.score_recipe import MISMATCH_LIMITS, use_engine_logprobs
 from rl.score_step import Policy, train_step
 
 # settings, stage -> what the step reported, and the trainable weights' sum and sum of squares after it
@@ -97,3 +100,89 @@ def test_a_score_step_gives_the_pinned_numbers(tiny_model_dir, case):
     got["param_sq"] = float(sum((p * p).sum() for p in trainable))
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-7), key
+
+
+def _sampled_by(model, episodes: list[Episode], shift: float = 0.0) -> list[Episode]:
+    """The episodes as an engine holding ``model``'s weights would return them: each token's log-prob
+    (plus ``shift``)."""
+    policy = Policy(model, None, 0, torch.device("cpu"))
+    for j in (1, 2):
+        attempts = [e.attempt(j) for e in episodes]
+        with torch.no_grad():
+            logp, mask, _ = policy.logprobs([a.sequence for a in attempts])
+        for a, row, m in zip(attempts, logp, mask, strict=True):
+            a.logp = [v + shift for v in row[m > 0].tolist()]
+    return episodes
+
+
+class _Counting(Policy):
+    forwards = 0
+
+    def logprobs(self, seqs, entropy=False):
+        type(self).forwards += 1
+        return super().logprobs(seqs, entropy)
+
+
+def _counted_step(model, episodes, score: dict, engine_logp: bool) -> tuple[dict[str, float], int]:
+    t = TrainConfig(algorithm="score", lr=0.01, score={"stage1_steps": 1, **score})
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr, weight_decay=0.0)
+    _Counting.forwards = 0
+    stats = train_step(_Counting(model, None, 0, torch.device("cpu")), opt, episodes, 1, t, engine_logp=engine_logp)
+    return stats.as_dict(), _Counting.forwards
+
+
+def test_the_kl_penalty_from_the_engines_logprobs_gives_the_pinned_step_with_one_policy_forward_less(tiny_model_dir):
+    score, stage, want = PINNED["stage1_k1_reward"]  # micro-batches of 2: three a worker's share of an attempt
+    model = _policy(tiny_model_dir)
+    episodes = _sampled_by(model, _episodes(model.config.vocab_size))
+    got, forwards = _counted_step(model, episodes, score, engine_logp=True)
+    for key, value in want.items():
+        if key in got:
+            assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-7), key
+    assert forwards == 2 * 3  # the loss's own: 3 micro-batches x 2 attempts; the penalty's pass took none
+    assert got["kl_from_engine"] == 1.0
+    model = _policy(tiny_model_dir)
+    got, forwards = _counted_step(model, _sampled_by(model, _episodes(model.config.vocab_size)), score, False)
+    assert forwards == 2 * 2 * 3 and got["kl_from_engine"] == 0.0
+
+
+def test_the_penalty_is_the_engines_logprobs_and_a_micro_batch_without_them_takes_the_trainers(tiny_model_dir):
+    score, _, want = PINNED["stage1_k1_reward"]
+    model = _policy(tiny_model_dir)
+    episodes = _sampled_by(model, _episodes(model.config.vocab_size), shift=0.1)
+    # each attempt-1 penalty grows by 0.1 a token; the mean over the six episodes by 0.1 x their mean length
+    tokens = fmean(len(e.first.tokens) for e in episodes)
+    got, forwards = _counted_step(model, episodes, score, engine_logp=True)
+    assert got["kl_penalty_t1"] == pytest.approx(want["kl_penalty_t1"] + 0.1 * tokens, rel=1e-4)
+    # episode 5's attempt 2 lacks its last token's log-prob (as from an engine that gave none): the micro-batch
+    # it is in takes the trainer's forward, the other five keep the engine's
+    model = _policy(tiny_model_dir)
+    episodes = _sampled_by(model, _episodes(model.config.vocab_size))
+    episodes[5].second.logp = episodes[5].second.logp[:-1]
+    got, forwards = _counted_step(model, episodes, score, engine_logp=True)
+    assert got["kl_penalty_t2"] == pytest.approx(want["kl_penalty_t2"], rel=1e-4)
+    assert forwards == 2 * 3 + 1
+    assert got["kl_from_engine"] == pytest.approx((6 + 4) / 12)  # a micro-batch is two attempts
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("setting", "lag", "mismatch", "dtypes", "engine"),
+    [
+        ("auto", 0, 1.1e-5, {"float32"}, True),
+        ("auto", 0, 0.04, {"bfloat16"}, False),  # a bias of whole nats over an attempt: the trainer's forward
+        ("auto", 0, 1e-5, {"float32", "bfloat16"}, False),  # one side in bfloat16
+        ("engine", 0, 0.04, {"bfloat16"}, True),  # asked for: taken wherever the sync check passed
+        ("trainer", 0, 1e-5, {"float32"}, False),
+        ("auto", 1, 1e-5, {"float32"}, False),  # sampled an update behind (overlap): not the trainer's weights
+        ("engine", 1, 1e-5, {"float32"}, False),
+        ("auto", 0, NAN, {"float32"}, False),  # not measured (no log-probs came back)
+        ("auto", 0, 0.5, {"float32"}, False),  # the sync check failed
+        ("engine", 0, 0.5, {"bfloat16"}, False),
+    ],
+)
+def test_which_batches_take_the_engines_logprobs_for_the_penalty(setting, lag, mismatch, dtypes, engine):
+    limit = max(MISMATCH_LIMITS[d] for d in dtypes)  # as the loop bounds the check: the coarser dtype
+    assert use_engine_logprobs(setting, lag, mismatch, limit, dtypes) is engine
