@@ -132,7 +132,7 @@ def _counted_step(model, episodes, score: dict, engine_logp: bool) -> tuple[dict
 
 
 def test_the_kl_penalty_from_the_engines_logprobs_gives_the_pinned_step_with_one_policy_forward_less(tiny_model_dir):
-    score, stage, want = PINNED["stage1_k1_reward"]  # micro-batches of 2: three a worker's share of an attempt
+    score, stage, want = PINNED["stage1_k1_reward"]  # micro-batches of 2: an attempt's six episodes take three
     model = _policy(tiny_model_dir)
     episodes = _sampled_by(model, _episodes(model.config.vocab_size))
     got, forwards = _counted_step(model, episodes, score, engine_logp=True)
@@ -172,7 +172,7 @@ NAN = float("nan")
     ("setting", "lag", "mismatch", "dtypes", "engine"),
     [
         ("auto", 0, 1.1e-5, {"float32"}, True),
-        ("auto", 0, 0.04, {"bfloat16"}, False),  # a bias of whole nats over an attempt: the trainer's forward
+        ("auto", 0, 0.04, {"bfloat16"}, False),  # as much as 2 nats over an attempt: the trainer's forward
         ("auto", 0, 1e-5, {"float32", "bfloat16"}, False),  # one side in bfloat16
         ("engine", 0, 0.04, {"bfloat16"}, True),  # asked for: taken wherever the sync check passed
         ("trainer", 0, 1e-5, {"float32"}, False),
