@@ -193,7 +193,7 @@ def kl_in_reward(
     from_engine = 0
     for idx in batches:
         part = [seqs[i] for i in idx]
-        logp = None
+        logp = ref_logp = None
         if sampled is not None and not keep:
             ref_logp, mask = policy.ref_forward(part)
             engine = engine_logprobs([sampled[i] for i in idx], mask)
@@ -203,6 +203,7 @@ def kl_in_reward(
         if logp is None:
             with contextlib.nullcontext() if keep else torch.no_grad():
                 logp, mask, ent = policy.logprobs(part, entropy=keep)
+        if ref_logp is None:  # taken above where the engine's log-probs were tried
             ref_logp = policy.ref_logprobs(part)
         forwards[idx[0]] = (logp, mask, ent, ref_logp) if keep else (None, None, None, ref_logp)
         for i, v in zip(idx, kl_penalty(logp.detach(), ref_logp, mask).tolist(), strict=True):

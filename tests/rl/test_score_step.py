@@ -116,17 +116,22 @@ def _sampled_by(model, episodes: list[Episode], shift: float = 0.0) -> list[Epis
 
 
 class _Counting(Policy):
-    forwards = 0
+    forwards = 0  # the policy's
+    references = 0  # pi_ref's
 
     def logprobs(self, seqs, entropy=False):
         type(self).forwards += 1
         return super().logprobs(seqs, entropy)
 
+    def ref_forward(self, seqs):
+        type(self).references += 1
+        return super().ref_forward(seqs)
+
 
 def _counted_step(model, episodes, score: dict, engine_logp: bool) -> tuple[dict[str, float], int]:
     t = TrainConfig(algorithm="score", lr=0.01, score={"stage1_steps": 1, **score})
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr, weight_decay=0.0)
-    _Counting.forwards = 0
+    _Counting.forwards = _Counting.references = 0
     stats = train_step(_Counting(model, None, 0, torch.device("cpu")), opt, episodes, 1, t, engine_logp=engine_logp)
     return stats.as_dict(), _Counting.forwards
 
@@ -162,6 +167,7 @@ def test_the_penalty_is_the_engines_logprobs_and_a_micro_batch_without_them_take
     got, forwards = _counted_step(model, episodes, score, engine_logp=True)
     assert got["kl_penalty_t2"] == pytest.approx(want["kl_penalty_t2"], rel=1e-4)
     assert forwards == 2 * 3 + 1
+    assert _Counting.references == 2 * 3  # pi_ref's forward of that micro-batch is not taken again
     assert got["kl_from_engine"] == pytest.approx((6 + 4) / 12)  # a micro-batch is two attempts
 
 
