@@ -254,8 +254,10 @@ def _exec_program(cfg: dict) -> None:
     os.chdir(cfg["workdir"])
     python, path = cfg["python"], cfg["path"]
     if path is None:  # the interpreter could not tell its path: its site module builds it
-        os.execve(python, [python, "-I", "-c", HARNESS], {"PATH": "/usr/bin:/bin"})
-    os.execve(python, [python, "-I", "-S", "-c", site_prelude(path) + HARNESS], {"PATH": "/usr/bin:/bin"})
+        argv = [python, "-I", "-c", HARNESS]
+    else:
+        argv = [python, "-I", "-S", "-c", site_prelude(path) + HARNESS]
+    os.execve(python, argv, {"PATH": "/usr/bin:/bin"})
 
 
 def _init(cfg: dict) -> int:
